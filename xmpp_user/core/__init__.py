@@ -1,0 +1,6 @@
+"""The XMPP protocol core: no sockets, no gevent, no Locust."""
+
+from xmpp_user.core.errors import FrameError, ProtocolError, SaslError
+from xmpp_user.core.stream import Credentials, XmppStream
+
+__all__ = ["Credentials", "FrameError", "ProtocolError", "SaslError", "XmppStream"]

@@ -1,0 +1,1 @@
+"""One module per XMPP feature: stanza builders and reply readers, no I/O."""

@@ -1,0 +1,173 @@
+"""Command-line options of XMPP users, registered with Locust's own parser.
+
+Locust shows custom options in its web UI form too, so a run is configured the same way
+headless and in the browser. ``--host`` takes the WebSocket URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from locust import events
+
+from xmpp_user.core.stream import Credentials
+from xmpp_user.transport import check_url
+
+AUTH_MODES = {"anonymous": "ANONYMOUS", "plain": "PLAIN", "scram": "SCRAM-SHA-1"}
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_float.__name__ = "positive number"
+_positive_int.__name__ = "positive integer"
+
+
+@events.init_command_line_parser.add_listener
+def add_options(parser: Any) -> None:
+    group = parser.add_argument_group("XMPP", "Options of locust-xmpp users (--host is the WebSocket URL)")
+    group.add_argument("--xmpp-domain", default="localhost", help="XMPP domain to log in to (default %(default)s)")
+    group.add_argument("--xmpp-muc", default="muc.localhost", help="MUC service domain (default %(default)s)")
+    group.add_argument("--xmpp-room", default="loadtest", help="Room name (local part) (default %(default)s)")
+    group.add_argument(
+        "--xmpp-auth",
+        default="anonymous",
+        choices=sorted(AUTH_MODES),
+        help="SASL mechanism: anonymous, plain or scram (SCRAM-SHA-1) (default %(default)s)",
+    )
+    group.add_argument(
+        "--xmpp-user",
+        default="user{n}",
+        help="Account name pattern for plain/scram, {n} = account number (default %(default)s)",
+    )
+    group.add_argument("--xmpp-password", default="secret", help="Password of the pattern accounts")
+    group.add_argument(
+        "--xmpp-accounts",
+        type=_positive_int,
+        default=100,
+        help="Number of pattern accounts (user0..user{N-1}) users cycle through (default %(default)s)",
+    )
+    group.add_argument(
+        "--xmpp-credentials",
+        default="",
+        help="CSV file of username,password lines; overrides the account pattern",
+    )
+    group.add_argument(
+        "--xmpp-timeout", type=_positive_float, default=10.0, help="Seconds to wait for any reply (default %(default)s)"
+    )
+    group.add_argument(
+        "--xmpp-no-sm", action="store_true", default=False, help="Do not enable stream management (XEP-0198)"
+    )
+    group.add_argument(
+        "--xmpp-insecure-tls",
+        action="store_true",
+        default=False,
+        help="Skip TLS certificate verification (self-signed test servers only)",
+    )
+    group.add_argument(
+        "--xmpp-source-ips",
+        default="",
+        help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host)",
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options as the users need them, validated once per process."""
+
+    url: str
+    domain: str
+    muc: str
+    room: str
+    mechanism: str
+    timeout: float
+    stream_management: bool
+    verify_tls: bool
+    source_ips: tuple[str, ...]
+    accounts: tuple[tuple[str, str], ...]
+
+    @property
+    def room_jid(self) -> str:
+        return f"{self.room}@{self.muc}"
+
+    def credentials(self, n: int) -> Credentials:
+        if self.mechanism == "ANONYMOUS":
+            return Credentials()
+        username, password = self.accounts[n % len(self.accounts)]
+        return Credentials(self.mechanism, username, password)
+
+    def source_address(self, n: int) -> str | None:
+        return self.source_ips[n % len(self.source_ips)] if self.source_ips else None
+
+
+_cache: dict[tuple[int, str | None], Settings] = {}
+
+
+def settings_from(options: Any, host: str | None) -> Settings:
+    """Build and validate settings; raises ValueError with a one-line reason."""
+    key = id(options), host
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    if not host:
+        raise ValueError("no WebSocket URL: pass --host ws://HOST:PORT/xmpp-websocket")
+    url = check_url(host)
+    mechanism = AUTH_MODES[getattr(options, "xmpp_auth", "anonymous")]
+    accounts: tuple[tuple[str, str], ...] = ()
+    if mechanism != "ANONYMOUS":
+        accounts = _accounts(options)
+    source_ips = tuple(ip.strip() for ip in (getattr(options, "xmpp_source_ips", "") or "").split(",") if ip.strip())
+    settings = Settings(
+        url=url,
+        domain=options.xmpp_domain,
+        muc=options.xmpp_muc,
+        room=options.xmpp_room,
+        mechanism=mechanism,
+        timeout=float(options.xmpp_timeout),
+        stream_management=not options.xmpp_no_sm,
+        verify_tls=not options.xmpp_insecure_tls,
+        source_ips=source_ips,
+        accounts=accounts,
+    )
+    _cache[key] = settings
+    return settings
+
+
+def _accounts(options: Any) -> tuple[tuple[str, str], ...]:
+    path = getattr(options, "xmpp_credentials", "")
+    if path:
+        try:
+            with Path(path).open(newline="") as f:
+                rows = [(r[0].strip(), r[1].strip()) for r in csv.reader(f) if len(r) >= 2 and r[0].strip()]
+        except OSError as exc:
+            raise ValueError(f"cannot read --xmpp-credentials {path}: {exc.strerror}") from None
+        if not rows:
+            raise ValueError(f"--xmpp-credentials {path} holds no username,password line")
+        return tuple(rows)
+    pattern = options.xmpp_user
+    if "{n}" not in pattern:
+        return ((pattern, options.xmpp_password),)
+    return tuple((pattern.format(n=n), options.xmpp_password) for n in range(options.xmpp_accounts))
+
+
+_user_numbers = itertools.count()
+
+
+def next_user_number(worker_index: int) -> int:
+    """A number unique across workers, used for account choice and nicknames."""
+    return worker_index * 1_000_000 + next(_user_numbers)

@@ -1,0 +1,115 @@
+"""The abstract Locust user that speaks XMPP over WebSocket."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import gevent
+from locust import User, constant
+from locust.exception import StopUser
+
+from xmpp_user import options as _options  # registers the command-line options
+from xmpp_user.client import XmppClient, XmppRequestFailed
+
+log = logging.getLogger(__name__)
+
+
+class XmppUser(User):
+    """A Locust user holding one XMPP session.
+
+    Subclasses write tasks that call ``self.xmpp`` (an ``XmppClient``); each task should
+    start with ``self.ensure_connected()``. Requests fire their own Locust events; a failed
+    one raises ``XmppRequestFailed``, which ends the task (the failure is already recorded)
+    and the next task reconnects with exponential backoff. Nothing escapes ``on_start``:
+    a user whose first connection fails stays alive and retries.
+    """
+
+    abstract = True
+    wait_time = constant(1)
+
+    backoff_min: float = 1.0
+    """Seconds before the first reconnection attempt after a failure."""
+    backoff_max: float = 30.0
+    """Ceiling of the exponential reconnection backoff."""
+    close_timeout: float = 2.0
+    """Seconds to wait for the server's ``<close/>`` when the user stops."""
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        runner = environment.runner
+        self.number = _options.next_user_number(getattr(runner, "worker_index", 0) or 0)
+        """Unique across workers: picks the account and makes nicknames unique."""
+        self.settings: _options.Settings | None = None
+        self.config_error = ""
+        try:
+            self.settings = _options.settings_from(environment.parsed_options, self.host)
+        except ValueError as exc:
+            self.config_error = str(exc)
+        self.xmpp: XmppClient = self._make_client()
+        self._backoff = 0.0
+        self._next_attempt = 0.0
+
+    def _make_client(self) -> XmppClient:
+        s = self.settings
+        if s is None:
+            return XmppClient("ws://invalid/", "invalid", request_event=self.environment.events.request)
+        return XmppClient(
+            s.url,
+            s.domain,
+            s.credentials(self.number),
+            request_event=self.environment.events.request,
+            timeout=s.timeout,
+            connect_timeout=s.timeout,
+            stream_management=s.stream_management,
+            verify_tls=s.verify_tls,
+            source_address=s.source_address(self.number),
+        )
+
+    @property
+    def nick(self) -> str:
+        return f"u{self.number}"
+
+    def on_start(self) -> None:
+        if self.settings is None:
+            self._stop_for_config()
+        try:
+            self.ensure_connected()
+        except XmppRequestFailed:
+            pass  # recorded; the first task retries after the backoff
+
+    def on_session(self) -> None:
+        """Called after each successful (re)connection: join rooms, enable features."""
+
+    def ensure_connected(self) -> None:
+        """Reconnect if needed, waiting out the backoff; raises XmppRequestFailed on failure."""
+        if self.xmpp.connected:
+            return
+        delay = self._next_attempt - time.monotonic()
+        if delay > 0:
+            gevent.sleep(delay)
+        try:
+            self.xmpp.connect()
+            self.on_session()
+        except XmppRequestFailed:
+            self._backoff = min(self.backoff_max, max(self.backoff_min, self._backoff * 2))
+            self._next_attempt = time.monotonic() + self._backoff
+            self.xmpp.abort()
+            raise
+        self._backoff = 0.0
+
+    def on_stop(self) -> None:
+        self.xmpp.close(self.close_timeout)
+
+    def _stop_for_config(self) -> None:
+        self.environment.events.request.fire(
+            request_type="XMPP",
+            name="config",
+            response_time=0.0,
+            response_length=0,
+            exception=ValueError(self.config_error),
+            context={},
+        )
+        log.error("locust-xmpp: %s", self.config_error)
+        raise StopUser()
