@@ -189,6 +189,8 @@ class XmppStream:
         if tag == ns.CLOSE:
             return self._on_close(element)
         if tag in (ns.MESSAGE, ns.PRESENCE):
+            if self.state in (State.CLOSING, State.CLOSED):
+                return []  # in flight while our <close/> travels
             raise ProtocolError(f"stanza received before negotiation ended (state {self.state})")
         raise ProtocolError(f"unexpected top-level element {tag} in state {self.state}")
 
@@ -279,6 +281,8 @@ class XmppStream:
             condition, text = stanza_error(element)
             return [ev.IqError(id_, key, condition, text, element)]
         if type_ in ("get", "set"):
+            if self.state in (State.CLOSING, State.CLOSED):
+                return []
             if self.state != State.READY:
                 raise ProtocolError(f"IQ request received before negotiation ended (state {self.state})")
             if type_ == "get" and element.find(_PING_TAG) is not None:
