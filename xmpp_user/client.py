@@ -35,6 +35,8 @@ from xmpp_user.transport import TransportError, WebSocketTransport
 log = logging.getLogger(__name__)
 
 REQUEST_TYPE = "XMPP"
+NO_VCARD = ("service-unavailable", "item-not-found", "feature-not-implemented")
+"""Error conditions by which a server says an entity has no vCard (a client then shows no avatar)."""
 _MAX_REDIRECTS = 3
 
 
@@ -45,15 +47,18 @@ class XmppRequestFailed(RescheduleTask):
 class Pending:
     """One request awaiting its reply."""
 
-    __slots__ = ("name", "start", "done", "error", "element", "length", "messages", "_event", "_forget")
+    __slots__ = ("name", "start", "done", "error", "condition", "accept", "element", "messages", "_event", "_forget")
 
-    def __init__(self, name: str, forget: Callable[[], None] | None = None) -> None:
+    def __init__(self, name: str, forget: Callable[[], None] | None = None, accept: tuple[str, ...] = ()) -> None:
         self.name = name
+        self.accept = accept
+        """Error conditions that count as an answer (e.g. 'service-unavailable': no vCard here)."""
+        self.condition = ""
+        """The error condition of an accepted error reply."""
         self.start = time.perf_counter()
         self.done = False
         self.error: str | None = None
         self.element: Element | None = None
-        self.length = 0
         self.messages: list[Element] = []
         """Archived messages collected for a MAM query."""
         self._event: Event | None = None
@@ -223,16 +228,27 @@ class XmppClient:
 
     # -- generic requests -----------------------------------------------------------------
 
-    def send_iq(self, name: str, type_: str, payload: str, to: str | None = None) -> Pending:
+    def send_iq(
+        self, name: str, type_: str, payload: str, to: str | None = None, accept: tuple[str, ...] = ()
+    ) -> Pending:
+        """Queue an IQ; an error reply whose condition is in ``accept`` counts as an answer."""
         stream = self._ready_stream()
-        pending = Pending(name)
+        pending = Pending(name, accept=accept)
         id_ = stream.send_iq(type_, payload, to, pending)
         pending._forget = lambda: stream.forget(id_)
         self._flush()
         return pending
 
-    def iq(self, name: str, type_: str, payload: str, to: str | None = None, wait: bool = True) -> Pending:
-        pending = self.send_iq(name, type_, payload, to)
+    def iq(
+        self,
+        name: str,
+        type_: str,
+        payload: str,
+        to: str | None = None,
+        wait: bool = True,
+        accept: tuple[str, ...] = (),
+    ) -> Pending:
+        pending = self.send_iq(name, type_, payload, to, accept)
         return self.wait(pending) if wait else pending
 
     def wait(self, pending: Pending, timeout: float | None = None) -> Pending:
@@ -262,10 +278,30 @@ class XmppClient:
             raise first_error
         return pendings
 
+    def expire(self, pendings: list[Pending], timeout: float | None = None) -> list[Pending]:
+        """Fail the requests of ``pendings`` older than the timeout; returns those still awaited.
+
+        For requests fired from callbacks that nobody waits for (a vCard for each new occupant).
+        """
+        limit = time.perf_counter() - (self.timeout if timeout is None else timeout)
+        still = []
+        for p in pendings:
+            if p.done:
+                continue
+            if p.start < limit:
+                if p._forget is not None:
+                    p._forget()
+                self._fail(p, f"no reply within {self.timeout if timeout is None else timeout:g} s")
+            else:
+                still.append(p)
+        return still
+
     # -- features -------------------------------------------------------------------------
 
-    def disco_info(self, to: str | None = None, node: str | None = None, wait: bool = True) -> Pending:
-        return self.iq("disco_info", "get", disco.info(node), to, wait)
+    def disco_info(
+        self, to: str | None = None, node: str | None = None, wait: bool = True, accept: tuple[str, ...] = ()
+    ) -> Pending:
+        return self.iq("disco_info", "get", disco.info(node), to, wait, accept)
 
     def disco_items(self, to: str | None = None, wait: bool = True) -> Pending:
         return self.iq("disco_items", "get", disco.ITEMS, to, wait)
@@ -276,8 +312,15 @@ class XmppClient:
     def enable_carbons(self, wait: bool = True) -> Pending:
         return self.iq("carbons", "set", carbons.ENABLE, None, wait)
 
-    def vcard(self, to: str | None = None, wait: bool = True) -> Pending:
-        return self.iq("vcard", "get", vcard.GET, to, wait)
+    def vcard(
+        self, to: str | None = None, wait: bool = True, accept: tuple[str, ...] = (), name: str = "vcard"
+    ) -> Pending:
+        """Fetch a vCard; pass ``accept=NO_VCARD`` where "none here" is a normal answer.
+
+        ``name`` lets a scenario tell kinds of vCard requests apart in the stats (e.g. the
+        avatars of room occupants, the O(n^2) part of a chat room's cost).
+        """
+        return self.iq(name, "get", vcard.GET, to, wait, accept)
 
     def set_vcard(self, payload: str, wait: bool = True) -> Pending:
         return self.iq("vcard_set", "set", payload, None, wait)
@@ -514,7 +557,8 @@ class XmppClient:
             pending = self._joins.pop(room.jid, None)
             if pending is not None:
                 self._complete(pending, element)
-        elif is_new:
+        elif is_new and room.joined:
+            # Occupants listed before our own presence are the initial list, not joiners.
             for callback in self.on_occupant_joined:
                 callback(room, nick)
 
@@ -530,6 +574,10 @@ class XmppClient:
     def _on_iq_error(self, event: ev.IqError) -> None:
         pending = event.key
         if isinstance(pending, Pending):
+            if event.condition in pending.accept:
+                pending.condition = event.condition
+                self._on_iq_result(event)  # type: ignore[arg-type]
+                return
             if pending.name == "mam":
                 for queryid, p in list(self._queries.items()):
                     if p is pending:

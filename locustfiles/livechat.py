@@ -1,0 +1,237 @@
+"""The livechat CPU test: viewers emulating Converse.js in a PeerTube live chat.
+
+Reproduces the field test (shared notes, field-scenarios section 1) in named phases:
+
+    seed, seed-leave                   2 posters per room fill the archive, then leave
+    batch1-join, batch1-talk, batch1-leave   everything: disco, roster, vCards, carbons, MAM
+    batch2-...                          the same without vCards
+    batch3-...                          the same without vCards and without MAM
+
+Every request is awaited, so each has its latency; every message carries a truth marker,
+so deliveries, losses and duplicates are counted. Run it against the lab:
+
+    locust-xmpp lab up
+    locust -f locustfiles/livechat.py --headless --host ws://127.0.0.1:15280/xmpp-websocket \
+        --viewers 100 --join-rate 10 --csv results/livechat
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from typing import Any
+
+import gevent
+from locust import constant, events, task
+
+from xmpp_user import XmppUser, phases, truth_locust
+from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
+from xmpp_user.features.disco import RESERVED_NICK_NODE
+from xmpp_user.phases import Phase, PhasedShape, current_phase
+from xmpp_user.talk import Talker
+
+QUIET = 3.0
+"""Seconds of silence at the end of a talk phase, so no message is in flight when viewers leave."""
+
+BATCHES = (
+    ("everything", {"vcards": True, "mam": True}),
+    ("no vCards", {"vcards": False, "mam": True}),
+    ("no vCards, no MAM", {"vcards": False, "mam": False}),
+)
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    g = parser.add_argument_group("livechat", "The livechat viewer scenario and its phases")
+    g.add_argument("--viewers", type=_positive(int), default=100, help="Viewers per batch (default %(default)s)")
+    g.add_argument("--join-rate", type=_positive(float), default=10.0, help="Viewers joining per second")
+    g.add_argument("--rooms", type=_positive(int), default=1, help="Rooms the viewers spread over")
+    g.add_argument("--batches", type=int, choices=(1, 2, 3), default=3,
+                   help="1: everything; 2: also without vCards; 3: also without vCards and MAM")
+    g.add_argument("--pause", type=float, default=80.0, help="Seconds of pause between batches")
+    g.add_argument("--talk-delay", type=float, default=15.0, help="Seconds between the last join and the talk")
+    g.add_argument("--talk-interval", type=_positive(float), default=5.0, help="Seconds between a viewer's messages")
+    g.add_argument("--talk-duration", type=_positive(float), default=20.0, help="Seconds the talk lasts")
+    g.add_argument("--seed-messages", type=int, default=60, help="Messages posted to each room's archive first")
+    g.add_argument("--seed-interval", type=_positive(float), default=0.1, help="Seconds between seed messages")
+    g.add_argument("--seed-wait", type=float, default=15.0, help="Seconds of quiet after seeding")
+    g.add_argument("--mam-max", type=_positive(int), default=50, help="Page size of the MAM query on join")
+    g.add_argument("--no-vcards", action="store_true", default=False, help="Never emulate vCard/avatar requests")
+    g.add_argument("--no-mam", action="store_true", default=False, help="Never query the room archive")
+    g.add_argument("--no-carbons", action="store_true", default=False, help="Never enable carbons")
+    g.add_argument("--no-disco", action="store_true", default=False, help="Skip the disco and roster queries")
+
+
+@events.init.add_listener
+def _install(environment: Any, **_kw: Any) -> None:
+    phases.install(environment)
+    truth_locust.install(environment)
+
+
+def room_jid(options: Any, settings: Any, n: int) -> str:
+    base = settings.room if options.rooms == 1 else f"{settings.room}{n % options.rooms}"
+    return f"{base}@{settings.muc}"
+
+
+class _RoomUser(XmppUser):
+    abstract = True
+    _counter: itertools.count
+
+    def on_start(self) -> None:
+        self.options = self.environment.parsed_options
+        if self.settings is not None:
+            self.room = room_jid(self.options, self.settings, next(type(self)._counter))
+        self.talker = Talker(self.xmpp, truth_locust.sender_id(self.environment), self.environment.events.request)
+        super().on_start()
+
+    def on_stop(self) -> None:
+        if self.xmpp.connected and self.room in self.xmpp.rooms:
+            try:
+                self.xmpp.muc_leave(self.room)
+            except XmppRequestFailed:
+                pass
+        super().on_stop()
+
+
+class ArchiveSeeder(_RoomUser):
+    """Joins, waits for its partner, posts its share of the seed messages, then idles."""
+
+    wait_time = constant(1)
+    _counter = itertools.count()
+
+    def on_session(self) -> None:
+        self.xmpp.muc_join(self.room, f"seed-{self.nick}")
+        self.posted = getattr(self, "posted", 0)
+
+    @task
+    def post(self) -> None:
+        self.ensure_connected()
+        share = max(1, self.options.seed_messages // 2)
+        if self.posted >= share:
+            return
+        deadline = time.monotonic() + 5
+        while len(self.xmpp.rooms[self.room].occupants) < 2 and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+        interval = self.options.seed_interval * 2
+        while self.posted < share:
+            started = time.monotonic()
+            self.talker.say(self.room, f"seed message {self.posted} from {self.nick}")
+            self.posted += 1
+            gevent.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+class Viewer(_RoomUser):
+    """One livechat viewer, as Converse.js behaves when it opens the chat (in order)."""
+
+    wait_time = constant(0.5)
+    _counter = itertools.count()
+
+    def on_start(self) -> None:
+        opts = self.environment.parsed_options
+        phase = current_phase()
+        params = phase.params if phase is not None else {}
+        self.vcards = params.get("vcards", True) and not opts.no_vcards
+        self.mam = params.get("mam", True) and not opts.no_mam
+        self.carbons = params.get("carbons", True) and not opts.no_carbons
+        self.disco = not opts.no_disco
+        self.background: list[Pending] = []
+        self.vcards_asked: set[str] = set()
+        self.talked_in = ""
+        self.joined_at = 0.0
+        self.xmpp.on_occupant_joined.append(self._occupant_joined)
+        super().on_start()
+
+    def on_session(self) -> None:
+        x, room, domain = self.xmpp, self.room, self.settings.domain
+        startup = []
+        if self.disco:
+            startup += [x.disco_info(domain, wait=False), x.roster(wait=False)]
+        if self.vcards:
+            startup += [x.vcard(wait=False, accept=NO_VCARD), x.vcard(room, wait=False, accept=NO_VCARD)]
+        if self.disco:
+            startup += [
+                x.disco_info(room, wait=False),
+                x.disco_items(domain, wait=False),
+                x.disco_info(room, RESERVED_NICK_NODE, wait=False, accept=("item-not-found",)),
+            ]
+        if self.carbons:
+            startup.append(x.enable_carbons(wait=False))
+        # Converse sends all of the above without waiting, then joins (the default history).
+        startup.append(x.muc_join(room, self.nick, wait=False))
+        x.wait_all(startup)
+        if self.mam:
+            x.mam(room, max_=self.options.mam_max)
+        if self.vcards:
+            # Occupants who joined since our own presence were already asked by _occupant_joined.
+            occupants = [n for n in x.rooms[room].occupants if n != self.nick and n not in self.vcards_asked]
+            x.wait_all([self._occupant_vcard(n) for n in occupants])
+        self.joined_at = time.monotonic()
+
+    def _occupant_vcard(self, nick: str) -> Pending:
+        self.vcards_asked.add(nick)
+        return self.xmpp.vcard(f"{self.room}/{nick}", wait=False, accept=NO_VCARD, name="vcard_occupant")
+
+    def _occupant_joined(self, room: Any, nick: str) -> None:
+        if self.vcards and room.jid == self.room and nick not in self.vcards_asked:
+            self.background.append(self._occupant_vcard(nick))
+
+    @task
+    def live(self) -> None:
+        self.ensure_connected()
+        self.background = self.xmpp.expire(self.background)
+        phase = current_phase()
+        opts = self.options
+        if phase is not None:
+            if phase.params.get("talk") and self.talked_in != phase.name:
+                self.talked_in = phase.name
+                self._talk()
+        elif not self.talked_in and time.monotonic() >= self.joined_at + opts.talk_delay:
+            self.talked_in = "unphased"
+            self._talk()
+
+    def _talk(self) -> None:
+        """One message every interval for the talk duration, starting at a random offset."""
+        interval = self.options.talk_interval
+        count = max(1, int(self.options.talk_duration // interval))
+        gevent.sleep(random.uniform(0, interval))
+        for i in range(count):
+            started = time.monotonic()
+            self.talker.say(self.room, f"message {i} from {self.nick}")
+            if i < count - 1:
+                gevent.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+class LivechatTest(PhasedShape):
+    """Seed the archive, then the three batches of the field test, sized by the options."""
+
+    def phases(self) -> list[Phase]:
+        o = self.runner.environment.parsed_options
+        seeders = 2 * o.rooms
+        join_time = o.viewers / o.join_rate
+        plan = [
+            Phase("seed", o.seed_messages * o.seed_interval + 4, seeders, seeders, [ArchiveSeeder]),
+            Phase("seed-leave", 1 + o.seed_wait, 0, seeders, [ArchiveSeeder]),
+        ]
+        batches = BATCHES[: o.batches]
+        for b, (label, params) in enumerate(batches, 1):
+            last = b == len(batches)
+            params = {**params, "batch": label}
+            plan += [
+                Phase(f"batch{b}-join", join_time + o.talk_delay, o.viewers, o.join_rate, [Viewer], params),
+                Phase(f"batch{b}-talk", o.talk_duration + QUIET, o.viewers, o.join_rate, [Viewer],
+                      {**params, "talk": True}),
+                Phase(f"batch{b}-leave", join_time + (2 if last else o.pause), 0, o.join_rate, [Viewer], params),
+            ]
+        return plan

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
+# Prosody (the lab server) from apt, and the package with its test tools in .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prosody >/dev/null || need_apt+=(prosody)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if ((${#need_apt[@]})); then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing ${need_apt[*]} with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's package starts a system Prosody where systemd runs; the lab never uses it.
+
+python3 - <<'PY' || { echo "setup: Python 3.11 or newer is required" >&2; exit 1; }
+import sys
+sys.exit(sys.version_info < (3, 11))
+PY
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing locust-xmpp and its dependencies into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[test,metrics]'
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
