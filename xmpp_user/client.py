@@ -226,6 +226,11 @@ class XmppClient:
             reader.kill(block=False)
         self._fail_all("connection closed before the reply")
 
+    def send_stanza(self, stanza: str) -> None:
+        """Send a stanza that has no reply to wait for (e.g. a global unavailable presence)."""
+        self._ready_stream().send(stanza)
+        self._flush()
+
     # -- generic requests -----------------------------------------------------------------
 
     def send_iq(
