@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed), start the lab Prosody, run a short headless load test, print its stats.
+# Set up (if needed), start the lab Prosody, run the livechat test scaled down, headless,
+# and end with its stats, message truth and phases. Extra arguments go to locust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,6 +9,9 @@ out=results/demo
 mkdir -p "$out"
 locust-xmpp lab up
 trap 'locust-xmpp lab down' EXIT
-url=$(locust-xmpp lab status --url)
-locust -f locustfiles/quickstart.py --headless -u 20 -r 10 -t 30s --host "$url" \
-    --csv "$out/run" --only-summary "$@"
+locust -f locustfiles/livechat.py --headless --host ws://127.0.0.1:15280/xmpp-websocket \
+    --viewers 20 --join-rate 10 --talk-delay 5 --talk-interval 2 --talk-duration 10 \
+    --pause 5 --seed-wait 3 --csv "$out/livechat" --only-summary "$@"
+echo
+echo "Phases:"; column -s, -t < "$out/livechat_phases.csv" | cut -c1-100
+echo; echo "Files: $out/livechat_stats.csv, _phases.csv, _truth.json"

@@ -1,0 +1,283 @@
+"""PhasedShape on a fake clock: ticks, phase log, callbacks, files, and the worker side."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gevent.pool import Group
+from locust import User, constant, task
+from locust.env import Environment
+from locust.rpc import Message
+from locust.runners import MasterRunner, WorkerRunner
+
+from xmpp_user import phases
+from xmpp_user.phases import Phase, PhasedShape
+
+T0 = 1_700_000_000.0
+
+
+class _Quiet(User):
+    wait_time = constant(1)
+
+    @task
+    def idle(self) -> None:
+        pass
+
+
+class _Other(_Quiet):
+    pass
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+    def wall(self) -> float:
+        return T0 + self.t
+
+
+class _ThreeBatches(PhasedShape):
+    def phases(self) -> list[Phase]:
+        return [
+            Phase("join", 10, 100, 10, params={"vcards": True}),
+            Phase("talk", 20, 100, 10, params={"talk": True}),
+            Phase("leave", 5, 0, 50, user_classes=[_Quiet]),
+        ]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in [
+        ("on_phase_change", []),
+        ("_current", None),
+        ("_current_key", (0.0, 0)),
+        ("_log", []),
+        ("_worker_environment", None),
+    ]:
+        monkeypatch.setattr(phases, name, value)
+
+
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+def _shape(clock: _Clock, cls: type[PhasedShape] = _ThreeBatches) -> PhasedShape:
+    shape = cls()
+    shape.monotonic = clock.monotonic
+    shape.wall_clock = clock.wall
+    shape.reset_time()
+    return shape
+
+
+@pytest.fixture
+def local(clock: _Clock, tmp_path: Path) -> Iterator[PhasedShape]:
+    shape = _shape(clock)
+    options = argparse.Namespace(csv_prefix=str(tmp_path / "out" / "run"))
+    env = Environment(user_classes=[_Quiet], shape_class=shape, parsed_options=options)
+    runner = env.create_local_runner()
+    yield shape
+    runner.quit()
+
+
+def _run(shape: PhasedShape, clock: _Clock, times: list[float]) -> list[Any]:
+    ticks = []
+    for t in times:
+        clock.t = t
+        ticks.append(shape.tick())
+    return ticks
+
+
+def test_tick_walks_the_phases_then_ends(local: PhasedShape, clock: _Clock) -> None:
+    ticks = _run(local, clock, [0, 9.9, 10, 29.9, 30, 34.9, 35])
+    assert ticks == [(100, 10), (100, 10), (100, 10), (100, 10), (0, 50, [_Quiet]), (0, 50, [_Quiet]), None]
+    assert phases.current_phase() is None
+
+
+def test_current_phase_and_log_follow_the_run(local: PhasedShape, clock: _Clock) -> None:
+    _run(local, clock, [0.5, 3])
+    current = phases.current_phase()
+    assert current is not None and (current.name, current.params) == ("join", {"vcards": True})
+    assert phases.phase_log() == [
+        {
+            "phase": "join",
+            "start_iso": "2023-11-14T22:13:20.500+00:00",
+            "end_iso": None,
+            "start_unix": T0 + 0.5,
+            "end_unix": None,
+            "users": 100,
+            "spawn_rate": 10,
+            "params": {"vcards": True},
+            "skipped": False,
+        }
+    ]
+    _run(local, clock, [11, 31, 36])
+    log = phases.phase_log()
+    assert [e["phase"] for e in log] == ["join", "talk", "leave"]
+    assert [(e["start_unix"] - T0, e["end_unix"] - T0) for e in log] == [(0.5, 11), (11, 31), (31, 36)]
+    assert all(e["end_iso"].endswith("+00:00") for e in log)
+
+
+def test_callbacks_fire_once_per_change(local: PhasedShape, clock: _Clock) -> None:
+    calls: list[str] = []
+    phases.on_phase_change.append(lambda phase: calls.append(phase.name))
+    _run(local, clock, [0, 1, 2, 10, 11, 12, 30, 31, 40, 41])
+    assert calls == ["join", "talk", "leave"]
+
+
+def test_a_failing_callback_does_not_stop_the_others(local: PhasedShape, clock: _Clock) -> None:
+    calls: list[str] = []
+
+    def broken(phase: Phase) -> None:
+        raise RuntimeError("boom")
+
+    phases.on_phase_change.extend([broken, lambda phase: calls.append(phase.name)])
+    assert _run(local, clock, [0]) == [(100, 10)]
+    assert calls == ["join"]
+
+
+def test_files_are_written_at_the_end(local: PhasedShape, clock: _Clock, tmp_path: Path) -> None:
+    _run(local, clock, [0, 10, 30])
+    assert not (tmp_path / "out" / "run_phases.csv").exists()
+    _run(local, clock, [35])
+    with open(tmp_path / "out" / "run_phases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(phases.CSV_COLUMNS)
+    assert [r["phase"] for r in rows] == ["join", "talk", "leave"]
+    assert [float(r["start_unix"]) - T0 for r in rows] == [0, 10, 30]
+    assert [float(r["end_unix"]) - T0 for r in rows] == [10, 30, 35]
+    assert rows[2]["end_iso"] == "2023-11-14T22:13:55.000+00:00"
+    assert [json.loads(r["params_json"]) for r in rows] == [{"vcards": True}, {"talk": True}, {}]
+    written = json.loads((tmp_path / "out" / "run_phases.json").read_text())
+    assert written == phases.phase_log()
+
+
+def test_a_stopped_run_closes_its_open_phase(local: PhasedShape, clock: _Clock, tmp_path: Path) -> None:
+    _run(local, clock, [0, 12])
+    clock.t = 15
+    local.runner.environment.events.test_stop.fire(environment=local.runner.environment)
+    assert [(e["phase"], e["end_unix"] - T0) for e in phases.phase_log()] == [("join", 10 + 2), ("talk", 15)]
+    assert (tmp_path / "out" / "run_phases.json").exists()
+    assert phases.current_phase() is None
+    # A new run from the web UI starts a fresh log.
+    local.reset_time()
+    assert _run(local, clock, [15]) == [(100, 10)]
+    assert [e["phase"] for e in phases.phase_log()] == ["join"]
+
+
+def test_an_overrun_phase_is_logged_as_skipped(local: PhasedShape, clock: _Clock) -> None:
+    calls: list[str] = []
+    phases.on_phase_change.append(lambda phase: calls.append(phase.name))
+    assert _run(local, clock, [0, 32]) == [(100, 10), (0, 50, [_Quiet])]
+    log = phases.phase_log()
+    assert [(e["phase"], e["skipped"]) for e in log] == [("join", False), ("talk", True), ("leave", False)]
+    assert log[1]["start_unix"] == log[1]["end_unix"] == T0 + 32
+    assert calls == ["join", "leave"]
+
+
+def test_phases_are_sized_from_the_options(clock: _Clock) -> None:
+    class Sized(PhasedShape):
+        def phases(self) -> list[Phase]:
+            viewers = self.runner.environment.parsed_options.viewers
+            return [Phase("join", 5, viewers, viewers / 10, user_classes=[_Other])]
+
+    shape = _shape(clock, Sized)
+    env = Environment(
+        user_classes=[_Other], shape_class=shape, parsed_options=argparse.Namespace(viewers=40, csv_prefix=None)
+    )
+    env.create_local_runner()
+    assert _run(shape, clock, [0, 5]) == [(40, 4.0, [_Other]), None]
+    env.runner.quit()
+
+
+def test_invalid_phases_are_refused(clock: _Clock) -> None:
+    class Bad(PhasedShape):
+        def phases(self) -> list[Phase]:
+            return [Phase("join", 5, 10, 0)]
+
+    with pytest.raises(ValueError):
+        _shape(clock, Bad).tick()
+
+
+class _FakeMaster(MasterRunner):
+    """A master that records its messages instead of binding a port."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.greenlet = Group()
+        self.sent: list[tuple[str, Any]] = []
+
+    def send_message(self, msg_type: str, data: Any = None, client_id: str | None = None) -> None:
+        self.sent.append((msg_type, data))
+
+
+class _FakeWorker(WorkerRunner):
+    """A worker with no connection to a master: enough to register message handlers."""
+
+    def __init__(self, environment: Environment) -> None:
+        self.environment = environment
+        self.greenlet = Group()
+        self.custom_messages = {}
+
+
+def test_master_broadcasts_on_every_tick_and_piggybacks_on_spawns(clock: _Clock) -> None:
+    shape = _shape(clock)
+    options = argparse.Namespace(csv_prefix=None)
+    env = Environment(user_classes=[_Quiet], shape_class=shape, parsed_options=options)
+    master = _FakeMaster(env)
+    shape.runner = env.runner = master
+    _run(shape, clock, [0, 1, 10])
+    names = [data["name"] for kind, data in master.sent]
+    assert {kind for kind, _ in master.sent} == {phases.MESSAGE}
+    assert names == ["join", "join", "talk"]
+    assert master.sent[0][1]["seq"] < master.sent[2][1]["seq"]
+    assert getattr(options, phases.OPTION)["name"] == "talk"
+    _run(shape, clock, [40])
+    assert master.sent[-1][1]["end"] is True
+
+
+def _states(clock: _Clock) -> list[dict[str, Any]]:
+    """What a master sends for each phase of _ThreeBatches."""
+    shape = _shape(clock)
+    env = Environment(user_classes=[_Quiet], shape_class=shape, parsed_options=argparse.Namespace(csv_prefix=None))
+    master = _FakeMaster(env)
+    shape.runner = env.runner = master
+    _run(shape, clock, [0, 10, 30, 40])
+    states = []
+    for _, data in master.sent:
+        if data not in states:
+            states.append(data)
+    return states
+
+
+def test_worker_adopts_newer_phases_only(clock: _Clock) -> None:
+    join, talk, leave, end = _states(clock)
+    phases._current, phases._current_key = None, (0.0, 0)  # this process now plays a fresh worker
+    env = Environment(user_classes=[_Quiet], parsed_options=argparse.Namespace())
+    env.runner = _FakeWorker(env)
+    phases.install(env)
+    phases.install(env)  # idempotent: a second registration would raise in Locust
+    handler, _concurrent = env.runner.custom_messages[phases.MESSAGE]
+    calls: list[str] = []
+    phases.on_phase_change.append(lambda phase: calls.append(phase.name))
+    for state in [join, join, talk, join, talk]:
+        handler(environment=env, msg=Message(phases.MESSAGE, state, "master"))
+    current = phases.current_phase()
+    assert current is not None and (current.name, current.params, current.users) == ("talk", {"talk": True}, 100)
+    assert calls == ["join", "talk"]
+    # A spawn message from the master carries a newer phase in parsed_options.
+    setattr(env.parsed_options, phases.OPTION, leave)
+    current = phases.current_phase()
+    assert current is not None and current.name == "leave" and current.user_classes is None
+    assert calls == ["join", "talk", "leave"]
+    handler(environment=env, msg=Message(phases.MESSAGE, end, "master"))
+    assert phases.current_phase() is None
