@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from typing import Any
 
 import gevent
-from locust import User, constant
+from locust import User, constant, events
 from locust.exception import StopUser
 
 from xmpp_user import options as _options  # registers the command-line options
@@ -113,3 +114,18 @@ class XmppUser(User):
         )
         log.error("locust-xmpp: %s", self.config_error)
         raise StopUser()
+
+
+@events.init.add_listener
+def _check_headless_settings(environment: Any, **_kw: Any) -> None:
+    """Refuse bad settings before a headless run starts: one line, exit code 2."""
+    opts = environment.parsed_options
+    if opts is None or not getattr(opts, "headless", False) or getattr(opts, "worker", False):
+        return
+    if not any(issubclass(cls, XmppUser) for cls in environment.user_classes):
+        return
+    try:
+        _options.settings_from(opts, environment.host or opts.host)
+    except ValueError as exc:
+        sys.stderr.write(f"locust-xmpp: error: {exc}\n")
+        sys.exit(2)
