@@ -6,9 +6,10 @@ line: refused connection, unknown host, timeout, TLS failure, HTTP status on upg
 
 from __future__ import annotations
 
+import functools
 import socket
 import ssl
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import websocket
 
@@ -66,11 +67,9 @@ class WebSocketTransport:
             enable_multithread=True,
             skip_utf8_validation=True,
         )
-        options: dict = {"subprotocols": ["xmpp"], "timeout": timeout, "suppress_origin": True}
         try:
-            if source_address:
-                options["socket"] = _bound_socket(parts, source_address, timeout, verify_tls)
-            ws.connect(url, **options)
+            sock = _BufferedSocket(_open_socket(parts, source_address, timeout, verify_tls))
+            ws.connect(url, socket=sock, subprotocols=["xmpp"], timeout=timeout, suppress_origin=True)
         except websocket.WebSocketBadStatusException as exc:
             raise TransportError(f"HTTP {exc.status_code} on WebSocket upgrade at {url}") from None
         except ConnectionRefusedError:
@@ -114,10 +113,59 @@ class WebSocketTransport:
             pass
 
 
-def _bound_socket(parts, source: str, timeout: float, verify_tls: bool) -> socket.socket:
-    """A TCP socket leaving from ``source``: one worker host per IP multiplies the port range."""
+def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:
+    """TCP (and TLS for wss) to the server, from ``source`` if given: one IP per worker host
+    multiplies the ephemeral port range."""
     port = parts.port or (443 if parts.scheme == "wss" else 80)
-    sock = socket.create_connection((parts.hostname, port), timeout=timeout, source_address=(source, 0))
+    family, address = _resolve(parts.hostname or "", port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        if source:
+            sock.bind((source, 0))
+        sock.connect(address)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise
     if parts.scheme == "wss":
         sock = ssl_context(verify_tls).wrap_socket(sock, server_hostname=parts.hostname)
     return sock
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
+    """The server's first address, resolved once per process.
+
+    Under gevent each lookup goes through a thread pool; thousands of users connecting to
+    the same host need it once.
+    """
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    return family, address
+
+
+class _BufferedSocket:
+    """A socket whose ``recv`` reads ahead.
+
+    websocket-client reads the handshake response one byte per ``recv`` and each frame in
+    two or three exact-size reads; under gevent each read is a syscall plus a hub switch.
+    Reading ahead into a buffer makes that one read per burst of frames.
+    """
+
+    __slots__ = ("_sock", "_buffer")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = b""
+
+    def recv(self, size: int) -> bytes:
+        if not self._buffer:
+            data = self._sock.recv(65536)
+            if len(data) <= size:
+                return data
+            self._buffer = data
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
