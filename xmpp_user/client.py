@@ -444,11 +444,15 @@ class XmppClient:
             self._frame_length = len(frame)
             try:
                 events = stream.receive_frame(frame)
+                for event in events:
+                    dispatch[type(event)](event)
             except ProtocolError as exc:
                 self._protocol_failure(str(exc))
                 return
-            for event in events:
-                dispatch[type(event)](event)
+            except Exception as exc:  # a bug in a callback must not leave the user waiting forever
+                log.exception("error while handling a frame")
+                self._protocol_failure(f"internal error while handling a frame: {exc!r}")
+                return
             if self._transport is transport:
                 try:
                     self._flush()
