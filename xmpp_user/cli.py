@@ -1,0 +1,177 @@
+"""The ``locust-xmpp`` command: ``lab up | down | status | register``.
+
+Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
+command words (``"lab up"``); a new subcommand adds both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from xmpp_user.lab.lab import DEFAULT_C2S_PORT, DEFAULT_HTTP_PORT, LOG_LEVELS, STORAGES, Lab, LabError
+
+PROG = "locust-xmpp"
+EXIT_OK, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 2, 3
+
+
+class CliError(Exception):
+    """An expected failure: one line on stderr, exit status 2."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1-65535, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    # Read at run time, not when the parser is built, so tests and scripts can set it late.
+    return Path(args.run_dir or os.environ.get("LOCUST_XMPP_LAB_DIR") or ".lab")
+
+
+def _add_run_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-dir", metavar="DIR", help="the lab's directory (default: $LOCUST_XMPP_LAB_DIR or ./.lab)"
+    )
+
+
+# Handlers: each returns the exit status and raises CliError or LabError for expected failures.
+
+
+def lab_up(args: argparse.Namespace) -> int:
+    lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level)
+    wanted = (args.c2s_port, args.http_port)
+    started = lab.up(timeout=args.timeout)
+    print(f"lab {'started' if started else 'already running'}: pid {lab.pid}, run dir {lab.run_dir}")
+    if not started and wanted != (lab.c2s_port, lab.http_port):
+        print(f"  (still on its old ports: run  {PROG} lab down  first to change them)")
+    print(f"  WebSocket   {lab.websocket_url}")
+    print(f"  c2s         {lab.c2s_address[0]}:{lab.c2s_address[1]}")
+    print(f"  metrics     {lab.metrics_url}")
+    print(f"  domains     {lab.domain} (anonymous), {lab.registered_domain} (accounts), {lab.muc_domain} (rooms)")
+    return EXIT_OK
+
+
+def lab_down(args: argparse.Namespace) -> int:
+    lab = Lab.from_record(_run_dir(args))
+    print("lab stopped" if lab.down(timeout=args.timeout) else f"lab not running (run dir {lab.run_dir})")
+    return EXIT_OK
+
+
+def lab_status(args: argparse.Namespace) -> int:
+    status = Lab.from_record(_run_dir(args)).status()
+    if not status["running"]:
+        print(f"lab not running (run dir {status['run_dir']})")
+        return EXIT_NOT_RUNNING
+    print(f"lab running: pid {status['pid']}, run dir {status['run_dir']}")
+    print(f"  WebSocket   {status['websocket_url']}")
+    print(f"  metrics     {status['metrics_url']}")
+    print(f"  CPU         {status['cpu_seconds']:.2f} s")
+    print(f"  RSS         {status['rss_bytes'] / 2**20:.1f} MiB")
+    return EXIT_OK
+
+
+# ---- lab register: accounts on the lab's registered domain (xmpp_user.accounts) ----
+def lab_register(args: argparse.Namespace) -> int:
+    url, domain = args.url, args.domain
+    if url is None or domain is None:
+        lab = Lab.from_record(_run_dir(args))
+        if url is None and not lab.running:
+            raise CliError(f"the lab in {lab.run_dir} is not running: start it with  {PROG} lab up  or pass --url")
+        url, domain = url or lab.websocket_url, domain or lab.registered_domain
+    # Imported here: it pulls in gevent, which the other subcommands do not need.
+    from gevent import monkey
+
+    monkey.patch_all()
+    from xmpp_user.accounts import register_accounts
+
+    pattern = args.prefix.replace("{", "{{").replace("}", "}}") + "{n}"
+    try:
+        done = register_accounts(url, domain, pattern=pattern, count=args.count, password=args.password)
+    except RuntimeError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{done} accounts ready: {args.prefix}0..{args.prefix}{args.count - 1}@{domain}, password {args.password!r}")
+    return EXIT_OK
+
+
+# ---- end of lab register ----
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "lab up": lab_up,
+    "lab down": lab_down,
+    "lab status": lab_status,
+    "lab register": lab_register,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Load tests for XMPP servers over WebSocket.")
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    lab = commands.add_parser("lab", help="a private Prosody on loopback to test against")
+    lab_commands = lab.add_subparsers(metavar="ACTION", required=True)
+
+    up = lab_commands.add_parser("up", help="start the lab (does nothing if it runs already)")
+    _add_run_dir(up)
+    up.add_argument("--c2s-port", type=_port, default=DEFAULT_C2S_PORT, metavar="N")
+    up.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
+                    help=f"WebSocket, BOSH and /metrics (default {DEFAULT_HTTP_PORT})")
+    up.add_argument("--storage", choices=STORAGES, default="internal",
+                    help="internal (files, fresh on each up) or memory (default internal)")
+    up.add_argument("--log-level", choices=LOG_LEVELS, default="warn",
+                    help="Prosody's log level; anything below warn costs CPU under load")
+    up.add_argument("--timeout", type=float, default=20, help=argparse.SUPPRESS)
+    up.set_defaults(command="lab up")
+
+    down = lab_commands.add_parser("down", help="stop the lab")
+    _add_run_dir(down)
+    down.add_argument("--timeout", type=float, default=10, help=argparse.SUPPRESS)
+    down.set_defaults(command="lab down")
+
+    status = lab_commands.add_parser("status", help="is the lab running; its URLs, CPU and memory (exit 3 if not)")
+    _add_run_dir(status)
+    status.set_defaults(command="lab status")
+
+    register = lab_commands.add_parser("register", help="register accounts PREFIX0..PREFIXn-1 on the lab")
+    _add_run_dir(register)
+    register.add_argument("--count", type=_positive, default=100, metavar="N")
+    register.add_argument("--prefix", default="user")
+    register.add_argument("--password", default="secret")
+    register.add_argument("--url", help="WebSocket URL (default: the running lab's)")
+    register.add_argument("--domain", help="XMPP domain (default: the lab's registered domain)")
+    register.set_defaults(command="lab register")
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, LabError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
