@@ -12,6 +12,11 @@ trap 'locust-xmpp lab down' EXIT
 locust -f locustfiles/livechat.py --headless --host ws://127.0.0.1:15280/xmpp-websocket \
     --viewers 20 --join-rate 10 --talk-delay 5 --talk-interval 2 --talk-duration 10 \
     --pause 5 --seed-wait 3 --csv "$out/livechat" --only-summary "$@"
-echo
-echo "Phases:"; column -s, -t < "$out/livechat_phases.csv" | cut -c1-100
-echo; echo "Files: $out/livechat_stats.csv, _phases.csv, _truth.json"
+python - "$out/livechat_phases.csv" <<'PY'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+print(f"\n{'phase':14} {'start (UTC)':12} {'seconds':>8} {'users':>6}")
+for r in rows:
+    print(f"{r['phase']:14} {r['start_iso'][11:23]:12} {float(r['end_unix']) - float(r['start_unix']):8.1f} {r['users']:>6}")
+PY
+echo; echo "Files: $out/livechat_stats.csv, livechat_phases.csv, livechat_truth.json"
