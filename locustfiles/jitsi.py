@@ -26,6 +26,7 @@ from locust import events, task
 from xmpp_user import XmppUser, phases
 from xmpp_user.client import XmppRequestFailed
 from xmpp_user.features import jitsi
+from xmpp_user.options import option_group
 from xmpp_user.phases import Phase, PhasedShape
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _positive_int.__name__ = "positive integer"
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    g = parser.add_argument_group("jitsi", "The Jitsi Meet participant scenario")
+    g = option_group(parser, "jitsi", "The Jitsi Meet participant scenario")
     g.add_argument("--jitsi-rooms", type=_positive_int, default=2, help="Conferences (default %(default)s)")
     g.add_argument("--jitsi-participants", type=_positive_int, default=50, help="Participants per conference")
     g.add_argument("--batch-size", type=_positive_int, default=100, help="Participants added per batch")

@@ -28,6 +28,7 @@ from locust import constant, events, task
 from xmpp_user import XmppUser, phases, truth_locust
 from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
 from xmpp_user.features.disco import RESERVED_NICK_NODE
+from xmpp_user.options import option_group
 from xmpp_user.phases import Phase, PhasedShape, current_phase
 from xmpp_user.talk import Talker
 
@@ -54,7 +55,7 @@ def _positive(kind: type) -> Any:
 
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    g = parser.add_argument_group("livechat", "The livechat viewer scenario and its phases")
+    g = option_group(parser, "livechat", "The livechat viewer scenario and its phases")
     g.add_argument("--viewers", type=_positive(int), default=100, help="Viewers per batch (default %(default)s)")
     g.add_argument("--join-rate", type=_positive(float), default=10.0, help="Viewers joining per second")
     g.add_argument("--rooms", type=_positive(int), default=1, help="Rooms the viewers spread over")

@@ -38,9 +38,30 @@ _positive_float.__name__ = "positive number"
 _positive_int.__name__ = "positive integer"
 
 
+def option_group(parser: Any, title: str, description: str) -> Any:
+    """An argument group whose options show in Locust's web UI form.
+
+    Locust marks arguments for its web UI in its parser's own ``add_argument``; argparse
+    groups bypass it, so the group's ``add_argument`` is wrapped to mark them too.
+    """
+    group = parser.add_argument_group(title, description)
+    plain_add = group.add_argument
+
+    def add_argument(*args: Any, secret: bool = False, **kwargs: Any) -> Any:
+        action = plain_add(*args, **kwargs)
+        action.include_in_web_ui = True
+        action.is_secret = secret
+        action.is_required = False
+        action.is_multiple = False
+        return action
+
+    group.add_argument = add_argument
+    return group
+
+
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
-    group = parser.add_argument_group("XMPP", "Options of locust-xmpp users (--host is the WebSocket URL)")
+    group = option_group(parser, "XMPP", "Options of locust-xmpp users (--host is the WebSocket URL)")
     group.add_argument("--xmpp-domain", default="localhost", help="XMPP domain to log in to (default %(default)s)")
     group.add_argument("--xmpp-muc", default="muc.localhost", help="MUC service domain (default %(default)s)")
     group.add_argument("--xmpp-room", default="loadtest", help="Room name (local part) (default %(default)s)")
@@ -55,7 +76,7 @@ def add_options(parser: Any) -> None:
         default="user{n}",
         help="Account name pattern for plain/scram, {n} = account number (default %(default)s)",
     )
-    group.add_argument("--xmpp-password", default="secret", help="Password of the pattern accounts")
+    group.add_argument("--xmpp-password", default="secret", secret=True, help="Password of the pattern accounts")
     group.add_argument(
         "--xmpp-accounts",
         type=_positive_int,
