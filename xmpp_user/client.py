@@ -633,7 +633,8 @@ class XmppClient:
         self._negotiated.set()
 
     def _on_stream_closed(self, event: ev.StreamClosed) -> None:
-        if event.see_other_uri and self._negotiation:
+        if event.see_other_uri and not self._negotiated.is_set():
+            # RFC 7395 section 3.6.1: the server sends us elsewhere before the session starts.
             self._redirect = event.see_other_uri
             self._negotiation.clear()
         elif not self._closing:
