@@ -26,28 +26,18 @@ from locust import events, task
 from xmpp_user import XmppUser, phases
 from xmpp_user.client import XmppRequestFailed
 from xmpp_user.features import jitsi
-from xmpp_user.options import option_group
+from xmpp_user.options import option_group, positive
 from xmpp_user.phases import Phase, PhasedShape
 
 log = logging.getLogger(__name__)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_positive_int.__name__ = "positive integer"
-
-
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     g = option_group(parser, "jitsi", "The Jitsi Meet participant scenario")
-    g.add_argument("--jitsi-rooms", type=_positive_int, default=2, help="Conferences (default %(default)s)")
-    g.add_argument("--jitsi-participants", type=_positive_int, default=50, help="Participants per conference")
-    g.add_argument("--batch-size", type=_positive_int, default=100, help="Participants added per batch")
+    g.add_argument("--jitsi-rooms", type=positive(int), default=2, help="Conferences (default %(default)s)")
+    g.add_argument("--jitsi-participants", type=positive(int), default=50, help="Participants per conference")
+    g.add_argument("--batch-size", type=positive(int), default=100, help="Participants added per batch")
     g.add_argument("--batch-interval", type=float, default=10.0, help="Seconds between batches")
     g.add_argument("--hold", type=float, default=30.0, help="Seconds all participants stay before leaving")
     g.add_argument("--jitsi-focus", default="", help="Focus component JID (e.g. focus.meet.example); none: skipped")

@@ -28,7 +28,7 @@ from locust import constant, events, task
 from xmpp_user import XmppUser, phases, truth_locust
 from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
 from xmpp_user.features.disco import RESERVED_NICK_NODE
-from xmpp_user.options import option_group
+from xmpp_user.options import option_group, positive
 from xmpp_user.phases import Phase, PhasedShape, current_phase
 from xmpp_user.talk import Talker
 
@@ -42,33 +42,22 @@ BATCHES = (
 )
 
 
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        value = kind(text)
-        if value <= 0:
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
-
-
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     g = option_group(parser, "livechat", "The livechat viewer scenario and its phases")
-    g.add_argument("--viewers", type=_positive(int), default=100, help="Viewers per batch (default %(default)s)")
-    g.add_argument("--join-rate", type=_positive(float), default=10.0, help="Viewers joining per second")
-    g.add_argument("--rooms", type=_positive(int), default=1, help="Rooms the viewers spread over")
+    g.add_argument("--viewers", type=positive(int), default=100, help="Viewers per batch (default %(default)s)")
+    g.add_argument("--join-rate", type=positive(float), default=10.0, help="Viewers joining per second")
+    g.add_argument("--rooms", type=positive(int), default=1, help="Rooms the viewers spread over")
     g.add_argument("--batches", type=int, choices=(1, 2, 3), default=3,
                    help="1: everything; 2: also without vCards; 3: also without vCards and MAM")
     g.add_argument("--pause", type=float, default=80.0, help="Seconds of pause between batches")
     g.add_argument("--talk-delay", type=float, default=15.0, help="Seconds between the last join and the talk")
-    g.add_argument("--talk-interval", type=_positive(float), default=5.0, help="Seconds between a viewer's messages")
-    g.add_argument("--talk-duration", type=_positive(float), default=20.0, help="Seconds the talk lasts")
+    g.add_argument("--talk-interval", type=positive(float), default=5.0, help="Seconds between a viewer's messages")
+    g.add_argument("--talk-duration", type=positive(float), default=20.0, help="Seconds the talk lasts")
     g.add_argument("--seed-messages", type=int, default=60, help="Messages posted to each room's archive first")
-    g.add_argument("--seed-interval", type=_positive(float), default=0.1, help="Seconds between seed messages")
+    g.add_argument("--seed-interval", type=positive(float), default=0.1, help="Seconds between seed messages")
     g.add_argument("--seed-wait", type=float, default=15.0, help="Seconds of quiet after seeding")
-    g.add_argument("--mam-max", type=_positive(int), default=50, help="Page size of the MAM query on join")
+    g.add_argument("--mam-max", type=positive(int), default=50, help="Page size of the MAM query on join")
     g.add_argument("--no-vcards", action="store_true", default=False, help="Never emulate vCard/avatar requests")
     g.add_argument("--no-mam", action="store_true", default=False, help="Never query the room archive")
     g.add_argument("--no-carbons", action="store_true", default=False, help="Never enable carbons")

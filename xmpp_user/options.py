@@ -20,22 +20,17 @@ from xmpp_user.transport import check_url
 AUTH_MODES = {"anonymous": "ANONYMOUS", "plain": "PLAIN", "scram": "SCRAM-SHA-1"}
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise ValueError(text)
-    return value
+def positive(kind: type) -> Any:
+    """An argparse type accepting only numbers above zero; argparse names it in its error."""
 
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise ValueError(text)
+        return value
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
-_positive_float.__name__ = "positive number"
-_positive_int.__name__ = "positive integer"
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
 
 
 def option_group(parser: Any, title: str, description: str) -> Any:
@@ -79,7 +74,7 @@ def add_options(parser: Any) -> None:
     group.add_argument("--xmpp-password", default="secret", secret=True, help="Password of the pattern accounts")
     group.add_argument(
         "--xmpp-accounts",
-        type=_positive_int,
+        type=positive(int),
         default=100,
         help="Number of pattern accounts (user0..user{N-1}) users cycle through (default %(default)s)",
     )
@@ -89,7 +84,7 @@ def add_options(parser: Any) -> None:
         help="CSV file of username,password lines; overrides the account pattern",
     )
     group.add_argument(
-        "--xmpp-timeout", type=_positive_float, default=10.0, help="Seconds to wait for any reply (default %(default)s)"
+        "--xmpp-timeout", type=positive(float), default=10.0, help="Seconds to wait for any reply (default %(default)s)"
     )
     group.add_argument(
         "--xmpp-no-sm", action="store_true", default=False, help="Do not enable stream management (XEP-0198)"
