@@ -26,7 +26,7 @@ from locust import events, task
 from xmpp_user import XmppUser, phases
 from xmpp_user.client import XmppRequestFailed
 from xmpp_user.features import jitsi
-from xmpp_user.options import option_group, positive
+from xmpp_user.options import option_group, positive, require_positive
 from xmpp_user.phases import Phase, PhasedShape
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _options(parser: Any) -> None:
     g.add_argument("--batch-interval", type=float, default=10.0, help="Seconds between batches")
     g.add_argument("--hold", type=float, default=30.0, help="Seconds all participants stay before leaving")
     g.add_argument("--jitsi-focus", default="", help="Focus component JID (e.g. focus.meet.example); none: skipped")
-    g.add_argument("--ping-interval", type=float, default=10.0, help="Seconds between pings to the domain")
+    g.add_argument("--ping-interval", type=positive(float), default=10.0, help="Seconds between pings to the domain")
 
 
 @events.init.add_listener
@@ -119,6 +119,11 @@ class JitsiBatches(PhasedShape):
 
     def phases(self) -> list[Phase]:
         o = self.runner.environment.parsed_options
+        try:
+            require_positive(o, "jitsi_rooms", "jitsi_participants", "batch_size", "ping_interval")
+        except ValueError as exc:
+            log.error("locust-xmpp: %s", exc)
+            return []
         target = o.jitsi_rooms * o.jitsi_participants
         size = min(o.batch_size, target)
         plan = [

@@ -18,6 +18,7 @@ so deliveries, losses and duplicates are counted. Run it against the lab:
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from typing import Any
@@ -28,9 +29,11 @@ from locust import constant, events, task
 from xmpp_user import XmppUser, phases, truth_locust
 from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
 from xmpp_user.features.disco import RESERVED_NICK_NODE
-from xmpp_user.options import option_group, positive
+from xmpp_user.options import option_group, positive, require_positive
 from xmpp_user.phases import Phase, PhasedShape, current_phase
 from xmpp_user.talk import Talker
+
+log = logging.getLogger(__name__)
 
 QUIET = 3.0
 """Seconds of silence at the end of a talk phase, so no message is in flight when viewers leave."""
@@ -208,6 +211,11 @@ class LivechatTest(PhasedShape):
 
     def phases(self) -> list[Phase]:
         o = self.runner.environment.parsed_options
+        try:
+            require_positive(o, "viewers", "join_rate", "rooms", "talk_interval", "talk_duration", "seed_interval")
+        except ValueError as exc:
+            log.error("locust-xmpp: %s", exc)
+            return []
         seeders = 2 * o.rooms
         join_time = o.viewers / o.join_rate
         plan = [

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
-# Prosody (the lab server) from apt, and the package with its test tools in .venv.
+# Prosody (the lab server) and Chromium (for the web UI test) from apt, and the package with its test
+# tools (and Playwright) in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v prosody >/dev/null || need_apt+=(prosody)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# Debian's Chromium, for the web UI test (Playwright drives it; it cannot download its own browser here).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if ((${#need_apt[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -31,4 +34,9 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q -e '.[test,metrics]'
     rm -f .venv/.installed-*
     touch "$stamp"
+fi
+# Playwright is only a test tool, not in pyproject's extras; pinned to a release pip installs here.
+if ! .venv/bin/python -c 'import playwright' 2>/dev/null; then
+    echo "setup: installing Playwright into .venv"
+    .venv/bin/python -m pip install -q playwright==1.65.2
 fi

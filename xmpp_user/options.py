@@ -43,6 +43,9 @@ def option_group(parser: Any, title: str, description: str) -> Any:
     plain_add = group.add_argument
 
     def add_argument(*args: Any, secret: bool = False, **kwargs: Any) -> Any:
+        # The web UI shows help texts raw: expand the default here rather than leave "%(default)s".
+        if "%(default)s" in kwargs.get("help", ""):
+            kwargs["help"] = kwargs["help"].replace("%(default)s", str(kwargs.get("default")))
         action = plain_add(*args, **kwargs)
         action.include_in_web_ui = True
         action.is_secret = secret
@@ -52,6 +55,14 @@ def option_group(parser: Any, title: str, description: str) -> Any:
 
     group.add_argument = add_argument
     return group
+
+
+def require_positive(options: Any, *names: str) -> None:
+    """Check values that may come from the web UI form, which bypasses argparse types."""
+    for name in names:
+        value = getattr(options, name)
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be above 0, got {value!r}")
 
 
 @events.init_command_line_parser.add_listener
@@ -143,6 +154,7 @@ def settings_from(options: Any, host: str | None) -> Settings:
     if not host:
         raise ValueError("no WebSocket URL: pass --host ws://HOST:PORT/xmpp-websocket")
     url = check_url(host)
+    require_positive(options, "xmpp_timeout", "xmpp_accounts")
     mechanism = AUTH_MODES[getattr(options, "xmpp_auth", "anonymous")]
     accounts: tuple[tuple[str, str], ...] = ()
     if mechanism != "ANONYMOUS":
