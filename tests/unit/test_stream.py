@@ -1,0 +1,284 @@
+"""The protocol core fed with frames as Prosody 0.12 sends them: no socket anywhere."""
+
+from __future__ import annotations
+
+import pytest
+
+from xmpp_user.core import events as ev
+from xmpp_user.core import sasl
+from xmpp_user.core.errors import FrameError, ProtocolError
+from xmpp_user.core.framing import parse_frame
+from xmpp_user.core.stream import Credentials, State, XmppStream
+
+OPEN = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='s1' version='1.0' xml:lang='en'/>"
+
+
+def features(*mechanisms: str, register: bool = False) -> str:
+    mechs = "".join(f"<mechanism>{m}</mechanism>" for m in mechanisms)
+    reg = "<register xmlns='http://jabber.org/features/iq-register'/>" if register else ""
+    return (
+        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
+        f"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{mechs}</mechanisms>{reg}</stream:features>"
+    )
+
+
+def bind_features(sm: bool = True) -> str:
+    return (
+        "<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
+        "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>"
+        + ("<sm xmlns='urn:xmpp:sm:3'/>" if sm else "")
+        + "</stream:features>"
+    )
+
+
+def bind_result(id_: str, jid: str = "anon@localhost/r1") -> str:
+    return (
+        f"<iq xmlns='jabber:client' type='result' id='{id_}'>"
+        f"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>{jid}</jid></bind></iq>"
+    )
+
+
+def iq_id(frame: str) -> str:
+    return parse_frame(frame).get("id")
+
+
+def negotiate(stream: XmppStream, sm: bool = True) -> list[ev.Event]:
+    """Drive an ANONYMOUS stream to READY; returns every event seen."""
+    seen: list[ev.Event] = []
+    stream.start()
+    stream.data_to_send()
+    seen += stream.receive_frame(OPEN)
+    seen += stream.receive_frame(features("ANONYMOUS"))
+    stream.data_to_send()
+    seen += stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    stream.data_to_send()
+    seen += stream.receive_frame(OPEN)
+    seen += stream.receive_frame(bind_features(sm))
+    (bind,) = stream.data_to_send()
+    seen += stream.receive_frame(bind_result(iq_id(bind)))
+    if sm:
+        assert stream.data_to_send() == ["<enable xmlns='urn:xmpp:sm:3'/>"]
+        seen += stream.receive_frame("<enabled xmlns='urn:xmpp:sm:3' id='x'/>")
+    return seen
+
+
+def test_anonymous_negotiation_frames_and_events() -> None:
+    stream = XmppStream("localhost")
+    stream.start()
+    assert stream.data_to_send() == [
+        "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' to='localhost' version='1.0' xml:lang='en'/>"
+    ]
+    assert stream.receive_frame(OPEN) == [ev.StreamOpened("s1", "localhost")]
+    assert stream.receive_frame(features("PLAIN", "ANONYMOUS")) == [ev.AuthRequested("ANONYMOUS")]
+    assert stream.data_to_send() == ["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='ANONYMOUS'>=</auth>"]
+    assert stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>") == [
+        ev.Authenticated("ANONYMOUS")
+    ]
+    assert stream.state == State.RESTARTING
+    assert stream.data_to_send()[0].startswith("<open ")
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(bind_features(sm=False)) == [ev.BindRequested()]
+    (bind,) = stream.data_to_send()
+    assert "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'></bind>" in bind
+    assert "xmlns='jabber:client'" in bind
+    assert stream.receive_frame(bind_result(iq_id(bind))) == [
+        ev.Bound("anon@localhost/r1"),
+        ev.Ready("anon@localhost/r1", False),
+    ]
+    assert stream.state == State.READY
+
+
+def test_stream_management_enabled_and_acks_count_stanzas() -> None:
+    stream = XmppStream("localhost")
+    seen = negotiate(stream, sm=True)
+    assert seen[-1] == ev.Ready("anon@localhost/r1", True)
+    stream.receive_frame("<message xmlns='jabber:client' from='a@localhost/x'><body>1</body></message>")
+    stream.receive_frame("<presence xmlns='jabber:client' from='a@localhost/x'/>")
+    assert stream.receive_frame("<r xmlns='urn:xmpp:sm:3'/>") == []
+    assert stream.data_to_send() == ["<a xmlns='urn:xmpp:sm:3' h='2'/>"]
+
+
+def test_stream_management_failure_is_not_fatal() -> None:
+    stream = XmppStream("localhost")
+    stream.start()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(features("ANONYMOUS"))
+    stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    stream.receive_frame(OPEN)
+    stream.receive_frame(bind_features(sm=True))
+    (bind,) = [f for f in stream.data_to_send() if "bind" in f]
+    stream.receive_frame(bind_result(iq_id(bind)))
+    assert stream.receive_frame("<failed xmlns='urn:xmpp:sm:3'/>") == [ev.Ready("anon@localhost/r1", False)]
+
+
+def test_scram_sha1_rfc5802_vector(monkeypatch: pytest.MonkeyPatch) -> None:
+    mech = sasl.ScramSha1("user", "pencil", nonce="fyko+d2lbbFgONRv9qkxdawL")
+    assert mech.initial() == b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
+    reply = mech.challenge(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
+    assert reply == b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
+    mech.success(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
+    bad = sasl.ScramSha1("user", "pencil", nonce="fyko+d2lbbFgONRv9qkxdawL")
+    bad.challenge(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
+    with pytest.raises(sasl.SaslError, match="server signature does not verify"):
+        bad.success(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+
+
+def test_scram_key_derivation_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = sasl.hashlib.pbkdf2_hmac
+    monkeypatch.setattr(sasl.hashlib, "pbkdf2_hmac", lambda *a: calls.append(a) or real(*a))
+    for _ in range(3):
+        mech = sasl.ScramSha1("cache-user", "pw-cache-test", nonce="abc")
+        mech.challenge(b"r=abcdef,s=c2FsdA==,i=4096")
+    assert len(calls) == 1
+
+
+def test_scram_refuses_a_nonce_that_does_not_extend_ours() -> None:
+    mech = sasl.ScramSha1("user", "pencil", nonce="mine")
+    with pytest.raises(sasl.SaslError, match="nonce"):
+        mech.challenge(b"r=other,s=QSXCR+Q6sek8bf92,i=4096")
+
+
+def test_scram_negotiation_over_frames() -> None:
+    stream = XmppStream("reg.localhost", Credentials("SCRAM-SHA-1", "user", "pencil"))
+    stream.start()
+    stream.data_to_send()
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(features("SCRAM-SHA-1")) == [ev.AuthRequested("SCRAM-SHA-1")]
+    (auth,) = stream.data_to_send()
+    assert "mechanism='SCRAM-SHA-1'" in auth
+    # A wrong server signature in <success/> is refused: the client aborts and closes.
+    stream._mechanism._nonce = "n"  # make the challenge below acceptable
+    stream._mechanism._first_bare = "n=user,r=n"
+    stream.receive_frame(
+        "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>cj1ueHl6LHM9YzJGc2RBPT0saT00MDk2</challenge>"
+    )
+    assert stream.data_to_send()[0].startswith("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+    events = stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>dj1BQUFB</success>")
+    assert events[0].step == "auth" and "signature" in events[0].text
+    assert stream.data_to_send() == [
+        "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+    ]
+
+
+def test_sasl_failure_and_missing_mechanism() -> None:
+    stream = XmppStream("reg.localhost", Credentials("PLAIN", "u", "p"))
+    stream.start()
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(features("ANONYMOUS")) == [
+        ev.NegotiationFailed(
+            "auth", "unsupported-mechanism", "PLAIN is not offered by the server (it offers ANONYMOUS)"
+        )
+    ]
+    stream = XmppStream("reg.localhost", Credentials("PLAIN", "u", "p"))
+    stream.start()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(features("PLAIN"))
+    assert (
+        stream.data_to_send()[-1] == "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AHUAcA==</auth>"
+    )
+    failure = (
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/>"
+        "<text xml:lang='en'>Invalid username or password</text></failure>"
+    )
+    assert stream.receive_frame(failure) == [
+        ev.NegotiationFailed("auth", "not-authorized", "Invalid username or password")
+    ]
+    assert stream.state == State.CLOSING
+
+
+def test_in_band_registration_then_auth() -> None:
+    stream = XmppStream("reg.localhost", Credentials("SCRAM-SHA-1", "u1", "pw"), register=True)
+    stream.start()
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(features("SCRAM-SHA-1", register=True)) == [ev.RegisterRequested()]
+    (_, reg) = stream.data_to_send()
+    assert "<username>u1</username><password>pw</password>" in reg
+    conflict = (
+        f"<iq xmlns='jabber:client' type='error' id='{iq_id(reg)}'><error type='cancel'>"
+        "<conflict xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>"
+    )
+    assert stream.receive_frame(conflict) == [ev.Registered(already_existed=True), ev.AuthRequested("SCRAM-SHA-1")]
+
+
+def test_iq_correlation_ping_and_requests() -> None:
+    stream = XmppStream("localhost")
+    negotiate(stream, sm=False)
+    key = object()
+    id_ = stream.send_iq("get", "<query xmlns='jabber:iq:roster'/>", None, key)
+    assert stream.data_to_send() == [
+        f"<iq xmlns='jabber:client' type='get' id='{id_}'><query xmlns='jabber:iq:roster'/></iq>"
+    ]
+    assert stream.send_iq("get") != id_
+    result = stream.receive_frame(f"<iq xmlns='jabber:client' type='result' id='{id_}'/>")
+    assert len(result) == 1 and result[0].key is key
+    assert stream.receive_frame(f"<iq xmlns='jabber:client' type='result' id='{id_}'/>") == []  # not pending any more
+    error_id = stream.send_iq("get", "<vCard xmlns='vcard-temp'/>", "room@muc.localhost/x", key)
+    (error,) = stream.receive_frame(
+        f"<iq xmlns='jabber:client' type='error' id='{error_id}' from='room@muc.localhost/x'><error type='cancel'>"
+        "<item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>"
+        "<text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>Recipient not in room</text></error></iq>"
+    )
+    assert (error.condition, error.text, error.key) == ("item-not-found", "Recipient not in room", key)
+    forgotten = stream.send_iq("get")
+    stream.forget(forgotten)
+    assert stream.receive_frame(f"<iq xmlns='jabber:client' type='result' id='{forgotten}'/>") == []
+    stream.data_to_send()
+    ping = "<iq xmlns='jabber:client' type='get' id='p1' from='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    assert stream.receive_frame(ping) == []
+    assert stream.data_to_send() == ["<iq xmlns='jabber:client' type='result' id='p1' to='localhost'/>"]
+    other = "<iq xmlns='jabber:client' type='set' id='j1' from='focus'><jingle xmlns='urn:xmpp:jingle:1'/></iq>"
+    assert isinstance(stream.receive_frame(other)[0], ev.IqRequest)
+
+
+def test_stream_error_and_redirects() -> None:
+    stream = XmppStream("nohost.example")
+    stream.start()
+    stream.receive_frame(OPEN)
+    error = (
+        "<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
+        "<see-other-host xmlns='urn:ietf:params:xml:ns:xmpp-streams'>other.example:5281</see-other-host>"
+        "<text xmlns='urn:ietf:params:xml:ns:xmpp-streams'>moved</text></stream:error>"
+    )
+    assert stream.receive_frame(error) == [ev.StreamError("see-other-host", "moved", "other.example:5281")]
+    assert stream.data_to_send()[-1] == "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"
+    stream = XmppStream("localhost")
+    stream.start()
+    closed = stream.receive_frame(
+        "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing' see-other-uri='wss://other.example/ws'/>"
+    )
+    assert closed == [ev.StreamClosed("wss://other.example/ws")]
+    assert stream.state == State.CLOSED
+
+
+def test_protocol_violations_raise() -> None:
+    stream = XmppStream("localhost")
+    stream.start()
+    with pytest.raises(ProtocolError, match="before negotiation ended"):
+        stream.receive_frame("<message xmlns='jabber:client'><body>x</body></message>")
+    with pytest.raises(ProtocolError, match="cannot send stanzas"):
+        stream.send("<presence xmlns='jabber:client'/>")
+    with pytest.raises(ProtocolError, match="unexpected top-level element"):
+        stream.receive_frame("<foo xmlns='bar'/>")
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        ("<open xmlns=", "malformed XML"),
+        ("<a/><b/>", "malformed XML"),
+        ("<!DOCTYPE x [<!ENTITY a 'aaaa'><!ENTITY b '&a;&a;&a;'>]><x>&b;</x>", "DTDs and entity declarations"),
+        ("<x><!-- comment --></x>", "comments"),
+        ("<x><?pi data?></x>", "processing instructions"),
+        ("<x>&undefined;</x>", "malformed XML"),
+        ("<x>" + "a" * (1 << 20) + "</x>", "exceeds"),
+    ],
+)
+def test_hostile_frames_are_refused(frame: str, message: str) -> None:
+    with pytest.raises(FrameError, match=message):
+        parse_frame(frame)
+
+
+def test_cdata_and_xml_declaration_are_accepted() -> None:
+    assert parse_frame("<?xml version='1.0'?><x><![CDATA[a<b]]></x>").text == "a<b"
