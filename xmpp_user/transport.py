@@ -107,10 +107,17 @@ class WebSocketTransport:
         return data or None
 
     def close(self) -> None:
+        """Send a WebSocket close frame and close the socket without waiting for the answer.
+
+        websocket-client's own ``close()`` reads the peer's close frame under the read lock,
+        which the reader greenlet holds while it waits: against a silent peer they deadlock.
+        Closing the socket instead wakes the reader with an error, which ends it.
+        """
         try:
-            self._ws.close(timeout=1)
+            self._ws.send_close()
         except (OSError, websocket.WebSocketException):
             pass
+        self._ws.shutdown()
 
 
 def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:

@@ -1,0 +1,103 @@
+"""Tiny servers that inject transport faults Prosody cannot be made to produce: an HTTP 500 on
+the WebSocket upgrade, and a WebSocket peer that answers the client's ``<open/>`` with a
+chosen frame (malformed, hostile, oversized, binary) or with nothing. They stand in for a
+broken network or proxy, never for an XMPP server: every XMPP behaviour is tested on Prosody.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+import struct
+import threading
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class FaultServer:
+    """Accepts connections on 127.0.0.1 and runs ``handler(conn)`` for each, in a thread."""
+
+    def __init__(self, handler) -> None:
+        self.handler = handler
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}/xmpp-websocket"
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            self.handler(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> FaultServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_request(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def http_500(conn: socket.socket) -> None:
+    read_request(conn)
+    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\nerror")
+
+
+def websocket_answering(frame: bytes | str | None, opcode: int = 0x1):
+    """A handler that upgrades, reads the client's <open/>, then sends ``frame`` (or stays silent)."""
+
+    def handler(conn: socket.socket) -> None:
+        request = read_request(conn)
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in request.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        conn.sendall(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n"
+        )
+        conn.recv(65536)  # the client's <open/>
+        if frame is not None:
+            payload = frame.encode() if isinstance(frame, str) else frame
+            conn.sendall(_frame_header(opcode, len(payload)) + payload)
+        while conn.recv(65536):  # hold the connection until the client closes it
+            pass
+
+    return handler
+
+
+def _frame_header(opcode: int, length: int) -> bytes:
+    first = 0x80 | opcode
+    if length < 126:
+        return struct.pack("!BB", first, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
