@@ -115,3 +115,53 @@ def test_server_down_is_recorded_and_the_run_goes_on(tmp_path: Path, bad: str) -
         connect = next(r for r in csv.DictReader(f) if r["Name"] == "connect")
     # Each user retried with backoff (1 s, 2 s, ...), not in a tight loop.
     assert 3 <= int(connect["Failure Count"]) <= 15
+
+
+def test_livechat_distributed_master_and_two_workers(lab, tmp_path: Path) -> None:
+    from xmpp_user.lab.lab import free_port
+
+    port, out = free_port(), tmp_path / "dist"
+    locustfile = str(REPO / "locustfiles" / "livechat.py")
+    master = subprocess.Popen(
+        [
+            sys.executable, "-m", "locust", "-f", locustfile, "--master", "--expect-workers", "2",
+            "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port), "--headless",
+            "--host", lab.websocket_url, "--csv", str(out), "--only-summary", "--batches", "1",
+            "--xmpp-room", f"dist-{uuid.uuid4().hex[:8]}", *LIVECHAT_SMALL,
+        ],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "locust",
+                "-f",
+                locustfile,
+                "--worker",
+                "--master-host",
+                "127.0.0.1",
+                "--master-port",
+                str(port),
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    try:
+        log, _ = master.communicate(timeout=120)
+    finally:
+        for p in [master, *workers]:
+            p.kill()
+            p.wait()
+    assert master.returncode == 0, log[-3000:]
+    with open(f"{out}_stats.csv") as f:
+        rows = {r["Name"]: r for r in csv.DictReader(f)}
+    assert rows["Aggregated"]["Failure Count"] == "0"
+    assert rows["vcard_occupant"]["Request Count"] == "90"
+    truth = json.loads(Path(f"{out}_truth.json").read_text())
+    assert truth["lost"] == 0 and truth["duplicated"] == 0
+    assert truth["delivered"] == truth["expected"] == int(rows["message_delivery"]["Request Count"]) > 0
