@@ -165,3 +165,25 @@ def test_livechat_distributed_master_and_two_workers(lab, tmp_path: Path) -> Non
     truth = json.loads(Path(f"{out}_truth.json").read_text())
     assert truth["lost"] == 0 and truth["duplicated"] == 0
     assert truth["delivered"] == truth["expected"] == int(rows["message_delivery"]["Request Count"]) > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--host", "http://example.org/ws"], "locust-xmpp: error: not a WebSocket URL (ws:// or wss://)"),
+        (
+            ["--host", "ws://127.0.0.1:9/ws", "--xmpp-auth", "scram", "--xmpp-credentials", "/nonexistent.csv"],
+            "locust-xmpp: error: cannot read --xmpp-credentials /nonexistent.csv",
+        ),
+        (["--host", "ws://127.0.0.1:9/ws", "--xmpp-auth", "kerberos"], "argument --xmpp-auth: invalid choice"),
+        (["--host", "ws://127.0.0.1:9/ws", "--xmpp-timeout", "-1"], "invalid positive float value: '-1'"),
+        (["--host", "ws://127.0.0.1:9/ws", "--viewers", "0"], "invalid positive int value: '0'"),
+    ],
+    ids=["url", "credentials", "auth", "timeout", "viewers"],
+)
+def test_bad_command_line_values_get_one_line_and_exit_2(args: list[str], message: str) -> None:
+    cmd = [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / "livechat.py"), "--headless", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
