@@ -1,6 +1,7 @@
 """Tiny servers that inject transport faults Prosody cannot be made to produce: an HTTP 500 on
-the WebSocket upgrade, and a WebSocket peer that answers the client's ``<open/>`` with a
-chosen frame (malformed, hostile, oversized, binary) or with nothing. They stand in for a
+the WebSocket upgrade, an upgrade never answered, and a WebSocket peer (with or without the
+``xmpp`` subprotocol) that answers the client's ``<open/>`` with a chosen frame (malformed,
+hostile, oversized, binary, a close frame, a redirect to itself) or with nothing. They stand in for a
 broken network or proxy, never for an XMPP server: every XMPP behaviour is tested on Prosody.
 """
 
@@ -69,8 +70,16 @@ def http_500(conn: socket.socket) -> None:
     conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\nConnection: close\r\n\r\nerror")
 
 
-def websocket_answering(frame: bytes | str | None, opcode: int = 0x1):
-    """A handler that upgrades, reads the client's <open/>, then sends ``frame`` (or stays silent)."""
+def silent_http(conn: socket.socket) -> None:
+    """Accepts the TCP connection, reads the upgrade request and never answers it."""
+    read_request(conn)
+    while conn.recv(65536):
+        pass
+
+
+def websocket_answering(frame: bytes | str | None, opcode: int = 0x1, protocol: bytes | None = b"xmpp"):
+    """A handler that upgrades (agreeing on ``protocol``, or on none), reads the client's <open/>,
+    then sends ``frame`` (or stays silent)."""
 
     def handler(conn: socket.socket) -> None:
         request = read_request(conn)
@@ -80,9 +89,10 @@ def websocket_answering(frame: bytes | str | None, opcode: int = 0x1):
             if line.lower().startswith(b"sec-websocket-key:")
         )
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+        agreed = b"Sec-WebSocket-Protocol: " + protocol + b"\r\n" if protocol is not None else b""
         conn.sendall(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\nSec-WebSocket-Protocol: xmpp\r\n\r\n"
+            b"Sec-WebSocket-Accept: " + accept + b"\r\n" + agreed + b"\r\n"
         )
         conn.recv(65536)  # the client's <open/>
         if frame is not None:
@@ -101,3 +111,81 @@ def _frame_header(opcode: int, length: int) -> bytes:
     if length < 1 << 16:
         return struct.pack("!BBH", first, 126, length)
     return struct.pack("!BBQ", first, 127, length)
+
+
+class TcpProxy:
+    """A TCP relay to ``target`` (the lab's HTTP port) that can fail like a network does: ``cut()``
+    resets every relayed connection (RST to the client), ``freeze()`` silently drops all bytes from
+    then on (a dead link). It relays bytes only; the XMPP session is the lab's."""
+
+    def __init__(self, target: tuple[str, int], path: str = "/xmpp-websocket") -> None:
+        self.target = target
+        self.frozen = False
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"ws://127.0.0.1:{self.port}{path}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                self.pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if not self.frozen:
+                    dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        """Reset every relayed connection at once, as a failing router or NAT does."""
+        with self._lock:
+            pairs, self.pairs = self.pairs, []
+        for client, upstream in pairs:
+            for s in (client, upstream):
+                try:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                s.close()
+
+    def freeze(self) -> None:
+        """From now on, relay nothing in either direction, and say nothing."""
+        self.frozen = True
+
+    def close(self) -> None:
+        self.sock.close()
+        self.cut()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

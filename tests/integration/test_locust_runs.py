@@ -1,0 +1,400 @@
+"""The locustfiles run for real: Locust in subprocesses (headless, bounded by --run-time, a phase
+plan or a subprocess timeout) against the lab Prosody, judged by the CSV files Locust writes and,
+where it matters, by an independent slixmpp client reading the rooms and their archives."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import TcpProxy
+from test_client_observer import SlixmppObserver
+
+from xmpp_user.lab.lab import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+LIVECHAT_SMALL = [
+    "--viewers", "10", "--join-rate", "10", "--talk-delay", "2", "--talk-interval", "1", "--talk-duration", "3",
+    "--pause", "2", "--seed-messages", "50", "--seed-interval", "0.02", "--seed-wait", "1",
+]  # fmt: skip
+VIEWERS = 10
+TALK = VIEWERS * 3  # each viewer talks for 3 s at 1 message/s, in every batch
+SEED = 50
+
+
+@dataclass
+class Run:
+    returncode: int
+    output: str
+    elapsed: float
+    prefix: Path
+
+    def rows(self, suffix: str) -> list[dict[str, str]]:
+        path = Path(f"{self.prefix}_{suffix}.csv")
+        if not path.exists():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    @property
+    def stats(self) -> dict[str, tuple[int, int]]:
+        """(requests, failures) by request name, 'Aggregated' included."""
+        return {r["Name"]: (int(r["Request Count"]), int(r["Failure Count"])) for r in self.rows("stats")}
+
+    def count(self, name: str) -> int:
+        return self.stats.get(name, (0, 0))[0]
+
+    @property
+    def failures(self) -> int:
+        return self.stats["Aggregated"][1]
+
+    @property
+    def errors(self) -> list[dict[str, str]]:
+        return self.rows("failures")
+
+    @property
+    def truth(self) -> dict[str, int]:
+        return json.loads(Path(f"{self.prefix}_truth.json").read_text())
+
+    @property
+    def phases(self) -> list[dict[str, str]]:
+        return self.rows("phases")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+def locust_command(locustfile: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / locustfile), *args]
+
+
+def run_locust(locustfile: str, prefix: Path, *args: str, timeout: float = 150) -> Run:
+    """Run Locust to the end (killed and failed past ``timeout``); stdout and stderr together."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        locust_command(locustfile, "--csv", str(prefix), "--only-summary", *args),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"locust did not finish within {timeout} s:\n{output[-3000:]}")
+    return Run(proc.returncode, output, time.monotonic() - started, prefix)
+
+
+def room_name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def assert_phases_in_order(run: Run, names: list[str]) -> None:
+    phases = run.phases
+    assert [p["phase"] for p in phases] == names
+    for p in phases:
+        assert float(p["start_unix"]) < float(p["end_unix"]), p
+    for before, after in zip(phases, phases[1:], strict=False):
+        assert float(before["end_unix"]) <= float(after["start_unix"]) + 0.001, (before, after)
+
+
+def read_archive(lab: Any, tmp_path: Path, room: str) -> list[dict[str, Any]]:
+    """The room's whole archive, read by slixmpp over TCP c2s without joining the room."""
+    observer = SlixmppObserver(lab, tmp_path, rooms=[], archive=[room])
+    observer.start()
+    seen = observer.stop()
+    assert seen["error"] is None, observer.report()
+    return seen["archive"][room]
+
+
+# -- quickstart ------------------------------------------------------------------------------------
+
+
+def test_quickstart_runs_without_failures(lab, tmp_path: Path) -> None:
+    room = room_name("qs")
+    run = run_locust(
+        "quickstart.py", tmp_path / "qs", "--headless", "-u", "5", "-r", "5", "-t", "8s",
+        "--host", lab.websocket_url, "--xmpp-room", room,
+    )  # fmt: skip
+    assert run.returncode == 0, run.tail()
+    assert run.failures == 0, run.errors
+    assert "Traceback" not in run.output
+    # One session per user, never re-established: the negotiation and the on_session requests once each.
+    for name in ("connect", "auth", "bind", "muc_join", "mam"):
+        assert run.count(name) == 5, (name, run.stats)
+    assert run.count("message") > 0
+    assert set(run.stats) <= {"connect", "auth", "bind", "muc_join", "mam", "message", "vcard", "ping", "Aggregated"}
+    # Every message counted as reflected is in the room's archive; a message whose user was stopped
+    # at the end of the run before its reflection arrived may be archived without being counted.
+    archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
+    assert all(a["body"].startswith("hello from u") for a in archive)
+    assert run.count("message") <= len(archive) <= run.count("message") + 5
+
+
+# -- failures that must not stop a run -------------------------------------------------------------
+
+
+def test_server_down_is_recorded_and_users_retry_with_backoff(tmp_path: Path) -> None:
+    port = free_port()  # nobody listens there
+    run = run_locust(
+        "quickstart.py", tmp_path / "down", "--headless", "-u", "2", "-r", "2", "-t", "6s",
+        "--host", f"ws://127.0.0.1:{port}/xmpp-websocket", timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 1, run.tail()  # Locust's exit code for "some requests failed"
+    assert run.elapsed >= 6  # the run went on for its whole duration
+    assert "Traceback" not in run.output
+    requests, failures = run.stats["connect"]
+    assert set(run.stats) == {"connect", "Aggregated"}
+    assert requests == failures
+    # Backoff 1 s, 2 s, 4 s...: attempts at 0, 1, 3 (and 7) s per user, not a tight loop.
+    assert 2 * 3 <= requests <= 2 * 4, requests
+    (error,) = run.errors
+    assert error["Name"] == "connect"
+    assert error["Error"] == f"XmppRequestFailed('connection refused by 127.0.0.1:{port}')"
+    first, last = (time.mktime(time.strptime(error[k], "%Y-%m-%dT%H:%M:%SZ")) for k in ("First Seen", "Last Seen"))
+    assert last - first >= 2
+
+
+def test_network_cut_mid_run_users_reconnect(lab, tmp_path: Path) -> None:
+    room = room_name("cut")
+    with TcpProxy(("127.0.0.1", lab.http_port)) as proxy:
+        proc = subprocess.Popen(
+            locust_command(
+                "quickstart.py", "--headless", "-u", "3", "-r", "3", "-t", "10s", "--host", proxy.url,
+                "--xmpp-room", room, "--csv", str(tmp_path / "cut"), "--only-summary",
+            ),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while len(proxy.pairs) < 3:
+                assert proc.poll() is None and time.monotonic() < deadline, "the users never connected"
+                time.sleep(0.05)
+            time.sleep(2)
+            cut_at = time.time()
+            proxy.cut()  # every user's connection is reset at once
+            output, _ = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    run = Run(proc.returncode, output, 0.0, tmp_path / "cut")
+    assert run.returncode == 1, run.tail()
+    assert "Traceback" not in run.output
+    reason = "receive failed: [Errno 104] Connection reset by peer"
+    assert run.stats["stream"] == (3, 3)
+    # Requests in flight at the cut fail with the same reason; nothing else fails.
+    assert {e["Error"] for e in run.errors} <= {
+        f"XmppRequestFailed('connection lost: {reason}')", f"XmppRequestFailed('{reason}')",
+    }  # fmt: skip
+    # Each user reconnected once, at once (no backoff after a lost session), and rejoined the room.
+    for name in ("connect", "auth", "bind", "muc_join", "mam"):
+        assert run.stats[name] == (6, 0), (name, run.stats)
+    archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
+    assert {a["nick"] for a in archive if a["t"] > cut_at + 1} == {"u0", "u1", "u2"}
+
+
+@pytest.mark.parametrize(
+    ("locustfile", "args", "message"),
+    [
+        ("quickstart.py", ["--xmpp-auth", "foo"], ": error: argument --xmpp-auth: invalid choice: 'foo'"),
+        ("quickstart.py", ["--xmpp-timeout", "-1"],
+         ": error: argument --xmpp-timeout: invalid positive float value: '-1'"),
+        ("quickstart.py", ["--xmpp-accounts", "0"],
+         ": error: argument --xmpp-accounts: invalid positive int value: '0'"),
+        ("quickstart.py", ["--host", "http://x"],
+         "locust-xmpp: error: not a WebSocket URL (ws:// or wss://): 'http://x'"),
+        ("quickstart.py", ["--host", "ws://127.0.0.1:99999/xmpp-websocket"],
+         "locust-xmpp: error: bad port in WebSocket URL"),
+        ("livechat.py", ["--xmpp-auth", "scram", "--xmpp-credentials", "/nonexistent.csv"],
+         "locust-xmpp: error: cannot read --xmpp-credentials /nonexistent.csv"),
+        ("livechat.py", ["--viewers", "0"], ": error: argument --viewers: invalid positive int value: '0'"),
+    ],
+    ids=["auth", "timeout", "accounts", "http-url", "bad-port", "credentials", "viewers"],
+)  # fmt: skip
+def test_bad_command_line_values_end_with_one_line(locustfile: str, args: list[str], message: str) -> None:
+    argv = ["--headless", "-u", "1", "-r", "1", "-t", "2s", "--host", "ws://127.0.0.1:9/xmpp-websocket", *args]
+    proc = subprocess.run(locust_command(locustfile, *argv), cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    # argparse names the program as it was run (python -m locust: "__main__.py"); ours says locust-xmpp.
+    assert message in last and last.index(message) == (0 if message.startswith("locust-xmpp") else last.index(":"))
+
+
+@pytest.fixture(scope="module")
+def web_ui_run_with_bad_host(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """The web UI path (no --headless, so the start-up check does not apply): the users see the bad URL."""
+    prefix = tmp_path_factory.mktemp("badhost") / "run"
+    return run_locust(
+        "quickstart.py", prefix, "--autostart", "--autoquit", "0", "-u", "2", "-r", "2", "-t", "3s",
+        "--web-host", "127.0.0.1", "--web-port", str(free_port()), "--host", "http://x", timeout=60,
+    )  # fmt: skip
+
+
+def test_bad_host_in_the_web_ui_is_a_config_failure(web_ui_run_with_bad_host: Run) -> None:
+    run = web_ui_run_with_bad_host
+    assert run.returncode == 1, run.tail()
+    assert run.stats == {"config": (2, 2), "Aggregated": (2, 2)}
+    (error,) = run.errors
+    assert error["Error"] == "ValueError(\"not a WebSocket URL (ws:// or wss://): 'http://x'\")"
+    assert run.output.count("locust-xmpp: not a WebSocket URL (ws:// or wss://): 'http://x'") == 2
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="xmpp_user/user.py on_start raises StopUser through _stop_for_config; Locust 2.47 User.run logs "
+    "every exception escaping on_start with its traceback, StopUser included",
+)
+def test_bad_host_in_the_web_ui_logs_no_traceback(web_ui_run_with_bad_host: Run) -> None:
+    assert "Traceback" not in web_ui_run_with_bad_host.output
+
+
+# -- livechat --------------------------------------------------------------------------------------
+
+
+def test_livechat_three_batches_exact_mix(lab, tmp_path: Path) -> None:
+    room = room_name("lc")
+    run = run_locust("livechat.py", tmp_path / "lc", "--headless", "--host", lab.websocket_url, "--xmpp-room", room,
+                     *LIVECHAT_SMALL)  # fmt: skip
+    assert run.returncode == 0, run.tail()
+    assert run.failures == 0, run.errors
+    n = VIEWERS
+    expected_counts = {
+        "connect": 3 * n + 2, "auth": 3 * n + 2, "bind": 3 * n + 2,
+        "disco_info": 3 * 3 * n,  # the host, the room, the room's reserved-nick node
+        "disco_items": 3 * n, "roster": 3 * n, "carbons": 3 * n,
+        "vcard": 2 * n,  # own and room vCard, batch 1 only
+        "vcard_occupant": n * (n - 1),  # every other viewer's, batch 1 only
+        "mam": 2 * n,  # batches 1 and 2
+        "muc_join": 3 * n + 2, "muc_leave": 3 * n + 2,  # and the 2 seeders
+        "message": 3 * TALK + SEED,
+    }  # fmt: skip
+    assert {k: run.count(k) for k in expected_counts} == expected_counts
+    truth = run.truth
+    # Each talk message is expected by the n viewers, each seed message by the 2 seeders.
+    assert truth == {
+        "sent": 3 * TALK + SEED, "expected": 3 * TALK * n + SEED * 2, "delivered": 3 * TALK * n + SEED * 2,
+        "duplicated": 0, "out_of_order": 0, "lost": 0,
+    }  # fmt: skip
+    assert run.count("message_delivery") == truth["delivered"]
+    assert_phases_in_order(
+        run, ["seed", "seed-leave"] + [f"batch{b}-{s}" for b in (1, 2, 3) for s in ("join", "talk", "leave")]
+    )
+    assert [int(p["users"]) for p in run.phases] == [2, 0] + [n, n, 0] * 3
+    # Read back independently: the archive holds every message once, each with its marker.
+    archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
+    assert len(archive) == truth["sent"]
+    assert len({tuple(a["marker"]) for a in archive}) == truth["sent"]
+    assert sum(a["body"].startswith("seed message ") for a in archive) == SEED
+
+
+def test_livechat_one_batch_without_mam(lab, tmp_path: Path) -> None:
+    run = run_locust("livechat.py", tmp_path / "nomam", "--headless", "--host", lab.websocket_url,
+                     "--xmpp-room", room_name("nomam"), *LIVECHAT_SMALL, "--batches", "1", "--no-mam")  # fmt: skip
+    assert run.returncode == 0, run.tail()
+    assert run.failures == 0, run.errors
+    n = VIEWERS
+    assert (run.count("mam"), run.count("carbons"), run.count("vcard"), run.count("vcard_occupant")) == (
+        0, n, 2 * n, n * (n - 1),
+    )  # fmt: skip
+    assert run.count("muc_join") == n + 2
+    assert run.truth["lost"] == 0 and run.truth["sent"] == TALK + SEED
+    assert_phases_in_order(run, ["seed", "seed-leave", "batch1-join", "batch1-talk", "batch1-leave"])
+
+
+# -- jitsi -----------------------------------------------------------------------------------------
+
+
+def occupancy(presences: list[dict[str, Any]], at: float, me: str = "observer") -> set[str]:
+    """Who was in the room at time ``at``, from the presences the observer received."""
+    inside: set[str] = set()
+    for p in presences:
+        if p["t"] > at:
+            break
+        if p["nick"] == me:
+            continue
+        if p["type"] == "unavailable":
+            inside.discard(p["nick"])
+        else:
+            inside.add(p["nick"])
+    return inside
+
+
+def test_jitsi_rooms_hold_their_participants(lab, tmp_path: Path) -> None:
+    base = room_name("jitsi")
+    rooms = [f"{base}{k}@{lab.muc_domain}" for k in range(2)]
+    observer = SlixmppObserver(lab, tmp_path, rooms, archive=[], max_seconds=120)
+    with observer:
+        run = run_locust(
+            "jitsi.py", tmp_path / "jitsi", "--headless", "--host", lab.websocket_url, "--xmpp-room", base,
+            "--jitsi-rooms", "2", "--jitsi-participants", "5", "--batch-size", "4", "--batch-interval", "2",
+            "--hold", "3", "--ping-interval", "1",
+        )  # fmt: skip
+        seen = observer.stop()
+    assert run.returncode == 0, run.tail()
+    assert run.failures == 0, run.errors
+    assert run.count("muc_join") == run.count("muc_leave") == run.count("connect") == 10
+    assert run.count("ping") > 0
+    assert run.count("focus") == 0  # no focus configured in the lab
+    assert_phases_in_order(run, ["batch1", "batch2", "batch3", "hold", "leave"])
+    assert [int(p["users"]) for p in run.phases] == [4, 8, 10, 10, 0]
+    assert seen["error"] is None, observer.report()
+    hold = next(p for p in run.phases if p["phase"] == "hold")
+    middle = (float(hold["start_unix"]) + float(hold["end_unix"])) / 2
+    for room in rooms:
+        presences = seen["presence"][room]
+        participants = {p["nick"] for p in presences if p["nick"] != "observer"}
+        assert len(participants) == 5 and all(len(nick) == 8 for nick in participants), participants
+        assert occupancy(presences, middle) == participants  # all five in the room during the hold
+        assert occupancy(presences, time.time()) == set()  # and all gone at the end
+        peak = max(len(occupancy(presences, p["t"])) for p in presences)
+        assert peak == 5
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+
+def test_livechat_distributed_over_two_workers(lab, tmp_path: Path) -> None:
+    port, prefix, room = free_port(), tmp_path / "dist", room_name("dist")
+    master_cmd = locust_command(
+        "livechat.py", "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+        "--expect-workers", "2", "--expect-workers-max-wait", "30", "--headless", "--host", lab.websocket_url,
+        "--csv", str(prefix), "--only-summary", "--xmpp-room", room, *LIVECHAT_SMALL, "--batches", "1",
+    )  # fmt: skip
+    worker_cmd = locust_command("livechat.py", "--worker", "--master-host", "127.0.0.1", "--master-port", str(port))
+    procs: list[subprocess.Popen[bytes]] = []
+    logs = [tmp_path / f"proc-{i}.log" for i in range(3)]
+    try:
+        for cmd, log in zip([master_cmd, worker_cmd, worker_cmd], logs, strict=True):
+            with open(log, "wb") as out:
+                procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT))
+        master_code = procs[0].wait(timeout=120)
+        worker_codes = [p.wait(timeout=20) for p in procs[1:]]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    master_log = logs[0].read_text()
+    assert master_code == 0, master_log[-3000:]
+    assert worker_codes == [0, 0], [log.read_text()[-2000:] for log in logs[1:]]
+    run = Run(master_code, master_log, 0.0, prefix)
+    assert run.failures == 0, run.errors
+    n = VIEWERS
+    assert run.count("vcard_occupant") == n * (n - 1)
+    assert run.count("muc_join") == run.count("muc_leave") == n + 2
+    assert run.count("message") == TALK + SEED
+    truth = run.truth
+    assert truth["lost"] == 0 and truth["duplicated"] == 0
+    assert truth["delivered"] == truth["expected"] == TALK * n + SEED * 2 == run.count("message_delivery")
+    assert_phases_in_order(run, ["seed", "seed-leave", "batch1-join", "batch1-talk", "batch1-leave"])
+    archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
+    assert len(archive) == TALK + SEED
