@@ -26,7 +26,7 @@ from locust import events, task
 from xmpp_user import XmppUser, phases
 from xmpp_user.client import XmppRequestFailed
 from xmpp_user.features import jitsi
-from xmpp_user.options import option_group, positive, require_positive
+from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
 from xmpp_user.phases import Phase, PhasedShape
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def _options(parser: Any) -> None:
     g.add_argument("--jitsi-rooms", type=positive(int), default=2, help="Conferences (default %(default)s)")
     g.add_argument("--jitsi-participants", type=positive(int), default=50, help="Participants per conference")
     g.add_argument("--batch-size", type=positive(int), default=100, help="Participants added per batch")
-    g.add_argument("--batch-interval", type=float, default=10.0, help="Seconds between batches")
-    g.add_argument("--hold", type=float, default=30.0, help="Seconds all participants stay before leaving")
+    g.add_argument("--batch-interval", type=non_negative(float), default=10.0, help="Seconds between batches")
+    g.add_argument("--hold", type=non_negative(float), default=30.0, help="Seconds everyone stays before leaving")
     g.add_argument("--jitsi-focus", default="", help="Focus component JID (e.g. focus.meet.example); none: skipped")
     g.add_argument("--ping-interval", type=positive(float), default=10.0, help="Seconds between pings to the domain")
 
@@ -91,7 +91,7 @@ class Participant(XmppUser):
         offer = jitsi.session_initiate(iq)
         if offer is None or not self.focus:
             return False
-        stream = self.xmpp._stream
+        stream = self.xmpp.connection.stream
         if stream is None:
             return False
         stream.reply_result(iq)
@@ -104,14 +104,15 @@ class Participant(XmppUser):
         self.xmpp.ping()
 
     def on_stop(self) -> None:
-        if self.xmpp.connected:
-            try:
+        try:
+            if self.xmpp.connected:
                 if self.room in self.xmpp.rooms:
                     self.xmpp.muc_leave(self.room)
                 self.xmpp.send_stanza("<presence xmlns='jabber:client' type='unavailable'/>")
-            except XmppRequestFailed:
-                pass
-        super().on_stop()
+        except XmppRequestFailed:
+            pass
+        finally:
+            super().on_stop()
 
 
 class JitsiBatches(PhasedShape):
@@ -121,6 +122,7 @@ class JitsiBatches(PhasedShape):
         o = self.runner.environment.parsed_options
         try:
             require_positive(o, "jitsi_rooms", "jitsi_participants", "batch_size", "ping_interval")
+            require_non_negative(o, "batch_interval", "hold")
         except ValueError as exc:
             log.error("locust-xmpp: %s", exc)
             return []

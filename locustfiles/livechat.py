@@ -26,17 +26,22 @@ from typing import Any
 import gevent
 from locust import constant, events, task
 
-from xmpp_user import XmppUser, phases, truth_locust
+from xmpp_user import XmppUser, outcome, phases
 from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
+from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.features.disco import RESERVED_NICK_NODE
-from xmpp_user.options import option_group, positive, require_positive
+from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
 from xmpp_user.phases import Phase, PhasedShape, current_phase
+from xmpp_user.rooms import normalise
 from xmpp_user.talk import Talker
 
 log = logging.getLogger(__name__)
 
 QUIET = 3.0
 """Seconds of silence at the end of a talk phase, so no message is in flight when viewers leave."""
+
+NOT_OFFERED = ("service-unavailable", "feature-not-implemented")
+"""Error conditions by which a server says it does not offer a feature (carbons, a room archive)."""
 
 BATCHES = (
     ("everything", {"vcards": True, "mam": True}),
@@ -53,13 +58,15 @@ def _options(parser: Any) -> None:
     g.add_argument("--rooms", type=positive(int), default=1, help="Rooms the viewers spread over")
     g.add_argument("--batches", type=int, choices=(1, 2, 3), default=3,
                    help="1: everything; 2: also without vCards; 3: also without vCards and MAM")
-    g.add_argument("--pause", type=float, default=80.0, help="Seconds of pause between batches")
-    g.add_argument("--talk-delay", type=float, default=15.0, help="Seconds between the last join and the talk")
+    g.add_argument("--pause", type=non_negative(float), default=80.0, help="Seconds of pause between batches")
+    g.add_argument("--talk-delay", type=non_negative(float), default=15.0,
+                   help="Seconds between the last join and the talk")
     g.add_argument("--talk-interval", type=positive(float), default=5.0, help="Seconds between a viewer's messages")
     g.add_argument("--talk-duration", type=positive(float), default=20.0, help="Seconds the talk lasts")
-    g.add_argument("--seed-messages", type=int, default=60, help="Messages posted to each room's archive first")
+    g.add_argument("--seed-messages", type=non_negative(int), default=60,
+                   help="Messages posted to each room's archive first")
     g.add_argument("--seed-interval", type=positive(float), default=0.1, help="Seconds between seed messages")
-    g.add_argument("--seed-wait", type=float, default=15.0, help="Seconds of quiet after seeding")
+    g.add_argument("--seed-wait", type=non_negative(float), default=15.0, help="Seconds of quiet after seeding")
     g.add_argument("--mam-max", type=positive(int), default=50, help="Page size of the MAM query on join")
     g.add_argument("--no-vcards", action="store_true", default=False, help="Never emulate vCard/avatar requests")
     g.add_argument("--no-mam", action="store_true", default=False, help="Never query the room archive")
@@ -70,7 +77,6 @@ def _options(parser: Any) -> None:
 @events.init.add_listener
 def _install(environment: Any, **_kw: Any) -> None:
     phases.install(environment)
-    truth_locust.install(environment)
 
 
 def room_jid(options: Any, settings: Any, n: int) -> str:
@@ -85,17 +91,18 @@ class _RoomUser(XmppUser):
     def on_start(self) -> None:
         self.options = self.environment.parsed_options
         if self.settings is not None:
-            self.room = room_jid(self.options, self.settings, next(type(self)._counter))
-        self.talker = Talker(self.xmpp, truth_locust.sender_id(self.environment), self.environment.events.request)
+            self.room = normalise(room_jid(self.options, self.settings, next(type(self)._counter)))
+        self.talker = Talker(self.xmpp, outcome.sender_id(self.environment), self.environment.events.request)
         super().on_start()
 
     def on_stop(self) -> None:
-        if self.xmpp.connected and self.room in self.xmpp.rooms:
-            try:
+        try:
+            if self.xmpp.connected and self.room in self.xmpp.rooms:
                 self.xmpp.muc_leave(self.room)
-            except XmppRequestFailed:
-                pass
-        super().on_stop()
+        except XmppRequestFailed:
+            pass
+        finally:
+            super().on_stop()
 
 
 class ArchiveSeeder(_RoomUser):
@@ -105,7 +112,7 @@ class ArchiveSeeder(_RoomUser):
     _counter = itertools.count()
 
     def on_session(self) -> None:
-        self.xmpp.muc_join(self.room, f"seed-{self.nick}")
+        self.talker.join(self.room, f"seed-{self.nick}")
         self.posted = getattr(self, "posted", 0)
 
     @task
@@ -115,7 +122,7 @@ class ArchiveSeeder(_RoomUser):
         if self.posted >= share:
             return
         deadline = time.monotonic() + 5
-        while len(self.xmpp.rooms[self.room].occupants) < 2 and time.monotonic() < deadline:
+        while len(self.xmpp.room(self.room).occupants) < 2 and time.monotonic() < deadline:
             gevent.sleep(0.1)
         interval = self.options.seed_interval * 2
         while self.posted < share:
@@ -152,25 +159,47 @@ class Viewer(_RoomUser):
         if self.disco:
             startup += [x.disco_info(domain, wait=False), x.roster(wait=False)]
         if self.vcards:
-            startup += [x.vcard(wait=False, accept=NO_VCARD), x.vcard(room, wait=False, accept=NO_VCARD)]
+            own_vcard, room_vcard = x.vcard(wait=False, accept=NO_VCARD), x.vcard(room, wait=False, accept=NO_VCARD)
+            startup += [own_vcard, room_vcard]
         if self.disco:
             startup += [
-                x.disco_info(room, wait=False),
+                # A room nobody is in may not exist yet (temporary rooms): Converse then creates it by joining.
+                x.disco_info(room, wait=False, accept=("item-not-found",)),
                 x.disco_items(domain, wait=False),
                 x.disco_info(room, RESERVED_NICK_NODE, wait=False, accept=("item-not-found",)),
             ]
         if self.carbons:
-            startup.append(x.enable_carbons(wait=False))
+            carbons = x.enable_carbons(wait=False, accept=NOT_OFFERED)
+            startup.append(carbons)
         # Converse sends all of the above without waiting, then joins (the default history).
-        startup.append(x.muc_join(room, self.nick, wait=False))
+        startup.append(self.talker.join(room, self.nick, wait=False))
         x.wait_all(startup)
+        if self.vcards and room_vcard.condition:
+            DEVIATIONS.note("no_room_vcard", f"the room has no vCard ({room_vcard.condition}): no room avatar is shown")
+        if self.carbons and carbons.condition:
+            DEVIATIONS.note("no_carbons", f"the server does not offer carbons ({carbons.condition})")
         if self.mam:
-            x.mam(room, max_=self.options.mam_max)
+            self._read_archive()
         if self.vcards:
             # Occupants who joined since our own presence were already asked by _occupant_joined.
-            occupants = [n for n in x.rooms[room].occupants if n != self.nick and n not in self.vcards_asked]
+            occupants = [n for n in x.room(room).occupants if n != self.nick and n not in self.vcards_asked]
             x.wait_all([self._occupant_vcard(n) for n in occupants])
         self.joined_at = time.monotonic()
+
+    def _read_archive(self) -> None:
+        """The latest page of the room's archive, as Converse asks for it on opening the room."""
+        archive = self.xmpp.mam(self.room, max_=self.options.mam_max, accept=NOT_OFFERED)
+        if archive.condition:
+            DEVIATIONS.note("no_room_archive", f"the room archive is not offered ({archive.condition})")
+            return
+        seeded = self.options.seed_messages if current_phase() is not None else 0
+        wanted = min(self.options.mam_max, seeded)
+        if len(archive.messages) < wanted:
+            DEVIATIONS.note(
+                "archive_short",
+                f"the room archive returned {len(archive.messages)} messages where the test seeded {seeded} "
+                f"(page of {self.options.mam_max}): the archive of a temporary room may not outlive the room",
+            )
 
     def _occupant_vcard(self, nick: str) -> Pending:
         self.vcards_asked.add(nick)
@@ -195,15 +224,37 @@ class Viewer(_RoomUser):
             self._talk()
 
     def _talk(self) -> None:
-        """One message every interval for the talk duration, starting at a random offset."""
+        """One message every interval for the talk duration, starting at a random offset.
+
+        The plan holds whatever happens: a message is not awaited before the next one is due
+        (its reflection is checked in the background), a failure does not end the talk, and a
+        viewer found disconnected reconnects; a message whose time passed while it could not be
+        sent is skipped and counted.
+        """
         interval = self.options.talk_interval
         count = max(1, int(self.options.talk_duration // interval))
-        gevent.sleep(random.uniform(0, interval))
+        start = time.monotonic() + random.uniform(0, interval)
+        in_flight: list[Pending] = []
         for i in range(count):
-            started = time.monotonic()
-            self.talker.say(self.room, f"message {i} from {self.nick}")
-            if i < count - 1:
-                gevent.sleep(max(0.0, interval - (time.monotonic() - started)))
+            due = start + i * interval
+            gevent.sleep(max(0.0, due - time.monotonic()))
+            in_flight = self.xmpp.expire(in_flight)
+            try:
+                self.ensure_connected()
+                if time.monotonic() > due + interval:
+                    raise XmppRequestFailed("too late")
+                in_flight.append(self.talker.say(self.room, f"message {i} from {self.nick}", wait=False))
+            except XmppRequestFailed:
+                self.talker.skip()
+                DEVIATIONS.note(
+                    "messages_skipped",
+                    "planned messages were not sent because their viewer was not connected at the time "
+                    "(counted as skipped, not lost)",
+                )
+        try:
+            self.xmpp.wait_all(in_flight)
+        except XmppRequestFailed:
+            pass  # recorded
 
 
 class LivechatTest(PhasedShape):
@@ -213,6 +264,7 @@ class LivechatTest(PhasedShape):
         o = self.runner.environment.parsed_options
         try:
             require_positive(o, "viewers", "join_rate", "rooms", "talk_interval", "talk_duration", "seed_interval")
+            require_non_negative(o, "pause", "talk_delay", "seed_messages", "seed_wait")
         except ValueError as exc:
             log.error("locust-xmpp: %s", exc)
             return []

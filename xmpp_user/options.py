@@ -15,6 +15,7 @@ from typing import Any
 from locust import events
 
 from xmpp_user.core.stream import Credentials
+from xmpp_user.rooms import normalise
 from xmpp_user.transport import check_url
 
 AUTH_MODES = {"anonymous": "ANONYMOUS", "plain": "PLAIN", "scram": "SCRAM-SHA-1"}
@@ -30,6 +31,19 @@ def positive(kind: type) -> Any:
         return value
 
     parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def non_negative(kind: type) -> Any:
+    """An argparse type accepting only numbers of zero or more."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value >= 0:
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = f"non-negative {kind.__name__}"
     return parse
 
 
@@ -63,6 +77,14 @@ def require_positive(options: Any, *names: str) -> None:
         value = getattr(options, name)
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be above 0, got {value!r}")
+
+
+def require_non_negative(options: Any, *names: str) -> None:
+    """Like ``require_positive``, for values that may be zero."""
+    for name in names:
+        value = getattr(options, name)
+        if not value >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be 0 or more, got {value!r}")
 
 
 @events.init_command_line_parser.add_listener
@@ -159,12 +181,19 @@ def settings_from(options: Any, host: str | None) -> Settings:
     accounts: tuple[tuple[str, str], ...] = ()
     if mechanism != "ANONYMOUS":
         accounts = _accounts(options)
+    elif getattr(options, "xmpp_credentials", ""):
+        raise ValueError("--xmpp-credentials needs --xmpp-auth plain or scram (anonymous logins use no accounts)")
+    try:
+        room = normalise(f"{options.xmpp_room}@{options.xmpp_muc}")
+        normalise(options.xmpp_domain)
+    except ValueError as exc:
+        raise ValueError(f"bad --xmpp-domain, --xmpp-muc or --xmpp-room: {exc}") from None
     source_ips = tuple(ip.strip() for ip in (getattr(options, "xmpp_source_ips", "") or "").split(",") if ip.strip())
     settings = Settings(
         url=url,
         domain=options.xmpp_domain,
         muc=options.xmpp_muc,
-        room=options.xmpp_room,
+        room=room.split("@", 1)[0],
         mechanism=mechanism,
         timeout=float(options.xmpp_timeout),
         stream_management=not options.xmpp_no_sm,

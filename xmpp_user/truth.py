@@ -1,17 +1,33 @@
 """Message truth: delivery latency, loss, duplicates and order of groupchat messages.
 
-Theory of operation. Every groupchat message a user sends carries a marker element
+Theory of operation
+-------------------
+Every groupchat message a user sends carries a marker element
 ``<t xmlns='urn:locust-xmpp:truth' s='SENDER' n='SEQ' ts='UNIX_MS'/>``: who sent it, its
-sequence number for that sender (from 1) and the wall-clock send time in milliseconds.
-The sender also counts how many deliveries it expects (the room's occupants at send time,
-itself included, since MUC reflects a message to its author). Each receiving user feeds the
-markers it gets to its ``Receiver``, which returns the delivery latency of a first live
-delivery and counts duplicates and late (out-of-order) arrivals. Whatever was expected and
-never delivered is lost.
+sequence number for that sender (from 1) and the wall-clock send time in milliseconds. Every
+room join of a user carries a member element ``<m xmlns='urn:locust-xmpp:truth' id='MEMBER'/>``
+in its presence, which the room passes on to every occupant: so each user knows which
+occupants are load-test receivers (and which are not: a real client in the room is never
+counted), and on which worker each one runs (the id starts with the worker's prefix).
 
-All counts go to a ``Tally``: plain integers that merge by addition, so a worker can ship
+Who should receive a message is decided when the room reflects it to its sender, not when it
+is sent: a room delivers presence and messages to each occupant in one order, so the members
+the sender knows at the reflection are exactly the occupants the room routed the message to.
+A message never reflected (an error, no reply, the session ended) is ``unconfirmed`` and
+expects nobody; a planned message that could not be sent (its sender was not connected) is
+``skipped``.
+
+Counts are kept per (receiving member, sending worker): expected deliveries on the sender's
+side, first live deliveries on the receiver's side. A member whose time in the room ended
+without its own leave (connection lost, kicked) is ``broken``; a worker that went missing
+takes its members and its messages with it. For every other pair, what was expected and not
+delivered is ``lost`` and what was delivered beyond expectation is ``unexpected``; for broken
+members and missing workers the shortfall is ``unverified``: nobody can tell whether the
+server would have delivered it. The three never cancel each other.
+
+All counts live in a ``Tally``: integers and dicts that merge by addition, so a worker can ship
 its counts as deltas and the master can sum them. This module does no I/O and knows nothing
-of Locust; ``xmpp_user.truth_locust`` wires the process tally into a Locust run.
+of Locust; ``xmpp_user.outcome`` wires the process tally into a Locust run.
 
 Latencies compare the sender's and the receiver's wall clocks: they are exact on one host
 and as good as NTP across hosts.
@@ -19,55 +35,112 @@ and as good as NTP across hosts.
 
 from __future__ import annotations
 
+import itertools
 import re
-from dataclasses import asdict, dataclass, fields
+from collections import Counter
+from collections.abc import Iterable
 from xml.etree.ElementTree import Element
 
 NS = "urn:locust-xmpp:truth"
 TAG = f"{{{NS}}}t"
-"""The marker's tag in ElementTree's Clark notation."""
+"""The message marker's tag in ElementTree's Clark notation."""
+MEMBER_TAG = f"{{{NS}}}m"
+"""The member element's tag: a room occupant that is one of our receivers."""
 
-_SENDER_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+_COUNTERS = ("sent", "confirmed", "unconfirmed", "skipped", "duplicated", "out_of_order")
 
 
-@dataclass
+def group_of(identity: str) -> str:
+    """The process prefix of a sender or member id: ``w3`` for ``w3.17.2``, ``l`` for a local run."""
+    return identity.split(".", 1)[0]
+
+
 class Tally:
     """Message counters of one process (deltas on a worker, totals on the master)."""
 
-    sent: int = 0
-    """Messages sent with a marker."""
-    expected: int = 0
-    """Deliveries expected: for each message, the room's occupants at send time."""
-    delivered: int = 0
-    """First live deliveries of a marker to a receiver."""
-    duplicated: int = 0
-    """Deliveries of a (sender, seq) that this receiver had already seen."""
-    out_of_order: int = 0
-    """First deliveries that arrived after a later message of the same sender."""
+    def __init__(self) -> None:
+        self.sent = 0
+        """Messages that left with a marker."""
+        self.confirmed = 0
+        """Messages the room reflected to their sender."""
+        self.unconfirmed = 0
+        """Messages never reflected: an error reply, no reply in time, or the session ended."""
+        self.skipped = 0
+        """Messages a scenario planned and did not send because its user was not connected."""
+        self.duplicated = 0
+        """Deliveries of a (sender, seq) that this receiver had already seen."""
+        self.out_of_order = 0
+        """First deliveries that arrived after a later message of the same sender."""
+        self.expected: Counter[str] = Counter()
+        """Deliveries expected, by 'member|sending group'."""
+        self.delivered: Counter[str] = Counter()
+        """First live deliveries, by 'member|sending group'."""
+        self.broken: set[str] = set()
+        """Members whose time in the room ended without their own leave."""
+        self._confirmations: Counter[tuple[frozenset[str], str]] = Counter()
 
-    @property
-    def lost(self) -> int:
-        return max(0, self.expected - self.delivered)
+    def confirm(self, members: frozenset[str], group: str) -> None:
+        """A message from ``group`` was reflected while ``members`` were in the room: O(1) now,
+        spread over the members when the counts are next read."""
+        self.confirmed += 1
+        self._confirmations[(members, group)] += 1
 
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def _settle(self) -> None:
+        if self._confirmations:
+            confirmations, self._confirmations = self._confirmations, Counter()
+            expected = self.expected
+            for (members, group), count in confirmations.items():
+                for member in members:
+                    expected[f"{member}|{group}"] += count
 
-    def merge(self, other: dict[str, int]) -> None:
-        """Add counters from ``as_dict()`` of another tally; unknown keys are ignored."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + int(other.get(f.name, 0)))
+    def as_dict(self) -> dict[str, object]:
+        """The counts as plain msgpack-able data (``merge`` takes it back)."""
+        self._settle()
+        data: dict[str, object] = {name: getattr(self, name) for name in _COUNTERS}
+        data.update(expected=dict(self.expected), delivered=dict(self.delivered), broken=sorted(self.broken))
+        return data
+
+    def merge(self, other: dict[str, object]) -> None:
+        """Add counts from ``as_dict()`` of another tally; unknown keys are ignored."""
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + int(other.get(name, 0)))  # type: ignore[call-overload]
+        self.expected.update(other.get("expected") or {})  # type: ignore[arg-type]
+        self.delivered.update(other.get("delivered") or {})  # type: ignore[arg-type]
+        self.broken.update(other.get("broken") or ())  # type: ignore[arg-type]
 
     def reset(self) -> None:
-        for f in fields(self):
-            setattr(self, f.name, 0)
+        self.__init__()  # type: ignore[misc]
 
-    def summary(self) -> dict[str, int]:
-        """The counters plus the derived ``lost``."""
-        return {**self.as_dict(), "lost": self.lost}
+    def summary(self, missing: Iterable[str] = ()) -> dict[str, int]:
+        """The totals, judged: ``missing`` names the groups (workers) that went missing."""
+        self._settle()
+        gone = set(missing)
+        lost = unexpected = unverified = 0
+        for key in self.expected.keys() | self.delivered.keys():
+            member, _, group = key.partition("|")
+            shortfall = self.expected[key] - self.delivered[key]
+            if shortfall < 0:
+                unexpected -= shortfall
+            elif member in self.broken or group in gone or group_of(member) in gone:
+                unverified += shortfall
+            else:
+                lost += shortfall
+        totals = {name: getattr(self, name) for name in _COUNTERS}
+        totals.update(
+            expected=sum(self.expected.values()),
+            delivered=sum(self.delivered.values()),
+            lost=lost,
+            unexpected=unexpected,
+            unverified=unverified,
+        )
+        return totals
 
 
 TALLY = Tally()
 """The tally shared by every user of this process."""
+
+_member_numbers = itertools.count(1)
 
 
 def marker(sender: str, seq: int, ts_ms: int) -> str:
@@ -75,43 +148,67 @@ def marker(sender: str, seq: int, ts_ms: int) -> str:
     return f"<t xmlns='{NS}' s='{sender}' n='{seq}' ts='{ts_ms}'/>"
 
 
+def member_element(member: str) -> str:
+    """The member element as XML text, to embed in a room join presence."""
+    return f"<m xmlns='{NS}' id='{member}'/>"
+
+
+def member_of(presence: Element) -> str:
+    """The member id a room presence carries, or '' for an occupant that is not ours."""
+    element = presence.find(MEMBER_TAG)
+    if element is None:
+        return ""
+    member = element.get("id", "")
+    return member if _ID.fullmatch(member) else ""
+
+
 def find_marker(message: Element) -> Element | None:
     """The marker child of a parsed ``<message>``, if it has one."""
     return message.find(TAG)
 
 
+def check_id(identity: str) -> str:
+    if not _ID.fullmatch(identity):
+        raise ValueError(f"truth ids must match {_ID.pattern}: {identity!r}")
+    return identity
+
+
+def new_member(sender_id: str) -> str:
+    """A member id for one room join of the user ``sender_id``, unique in the run."""
+    return check_id(f"{sender_id}.{next(_member_numbers)}")
+
+
 class Sender:
-    """Numbers the messages of one sending user and counts what it sends."""
+    """Numbers the messages of one sending user."""
 
     def __init__(self, sender_id: str, tally: Tally | None = None) -> None:
-        if not _SENDER_ID.fullmatch(sender_id):
-            raise ValueError(f"sender id must match {_SENDER_ID.pattern}: {sender_id!r}")
-        self.sender_id = sender_id
+        self.sender_id = check_id(sender_id)
+        self.group = group_of(sender_id)
         self.tally = TALLY if tally is None else tally
-        self.sent = 0
-        """Messages this sender has marked; also the last sequence number used."""
+        self.seq = 0
+        """The last sequence number used."""
 
-    def next_marker(self, now_ms: float, expected: int) -> str:
-        """Marker for the next message, sent at ``now_ms``, that ``expected`` occupants should get."""
-        self.sent += 1
-        self.tally.sent += 1
-        self.tally.expected += expected
-        return marker(self.sender_id, self.sent, int(now_ms))
+    def next_marker(self, now_ms: float) -> str:
+        """Marker for the next message, about to be sent at ``now_ms``."""
+        self.seq += 1
+        return marker(self.sender_id, self.seq, int(now_ms))
 
 
 class _Seen:
     """What one receiver has seen from one sender: the highest seq and a window below it."""
 
-    __slots__ = ("highest", "window")
+    __slots__ = ("highest", "window", "key")
 
-    def __init__(self) -> None:
+    def __init__(self, key: str) -> None:
         self.highest = 0
         self.window = 0
         """Bit i set: seq ``highest - i`` has been seen (bit 0 is ``highest`` itself)."""
+        self.key = key
+        """The tally key of deliveries from this sender: 'member|sending group'."""
 
 
 class Receiver:
-    """Checks the markers one receiving user gets.
+    """Checks the markers one member (one user's time in one room) gets.
 
     Memory per sender is one small int: the highest seq seen and a bitmap of the
     ``WINDOW`` seqs below it. A marker more than ``WINDOW`` seqs behind the highest can no
@@ -121,7 +218,8 @@ class Receiver:
     WINDOW = 1024
     """How many seqs below the highest one are remembered per sender."""
 
-    def __init__(self, tally: Tally | None = None) -> None:
+    def __init__(self, member: str, tally: Tally | None = None) -> None:
+        self.member = check_id(member)
         self.tally = TALLY if tally is None else tally
         self._senders: dict[str, _Seen] = {}
         self._mask = (1 << self.WINDOW) - 1
@@ -144,7 +242,7 @@ class Receiver:
             return None
         seen = self._senders.get(sender)
         if seen is None:
-            seen = self._senders[sender] = _Seen()
+            seen = self._senders[sender] = _Seen(f"{self.member}|{group_of(sender)}")
         if seq > seen.highest:
             gap = seq - seen.highest
             seen.window = ((seen.window << gap) | 1) & self._mask if gap < self.WINDOW else 1
@@ -157,7 +255,7 @@ class Receiver:
                     return None
                 seen.window |= bit
             self.tally.out_of_order += 1
-        self.tally.delivered += 1
+        self.tally.delivered[seen.key] += 1
         # Clocks of two hosts may disagree by a few ms; a negative latency means "instant".
         return max(0.0, float(now_ms - ts))
 

@@ -12,6 +12,7 @@ from locust import User, constant, events
 from locust.exception import StopUser
 
 from xmpp_user import options as _options  # registers the command-line options
+from xmpp_user import outcome
 from xmpp_user.client import XmppClient, XmppRequestFailed
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ class XmppUser(User):
     start with ``self.ensure_connected()``. Requests fire their own Locust events; a failed
     one raises ``XmppRequestFailed``, which ends the task (the failure is already recorded)
     and the next task reconnects with exponential backoff. Nothing escapes ``on_start``:
-    a user whose first connection fails stays alive and retries.
+    a user whose first connection fails stays alive and retries. A user that Locust stops
+    closes its session, cancelling what is still in flight without recording failures.
     """
 
     abstract = True
@@ -74,7 +76,8 @@ class XmppUser(User):
 
     def on_start(self) -> None:
         if self.settings is None:
-            self._stop_for_config()
+            self._record_config_error()
+            return  # the first task stops the user: StopUser raised here would be logged with a traceback
         try:
             self.ensure_connected()
         except XmppRequestFailed:
@@ -87,6 +90,8 @@ class XmppUser(User):
         """Reconnect if needed, waiting out the backoff; raises XmppRequestFailed on failure."""
         if self.xmpp.connected:
             return
+        if self.settings is None:
+            raise StopUser()
         delay = self._next_attempt - time.monotonic()
         if delay > 0:
             gevent.sleep(delay)
@@ -101,9 +106,10 @@ class XmppUser(User):
         self._backoff = 0.0
 
     def on_stop(self) -> None:
+        """Subclasses leave their rooms first, then call this."""
         self.xmpp.close(self.close_timeout)
 
-    def _stop_for_config(self) -> None:
+    def _record_config_error(self) -> None:
         self.environment.events.request.fire(
             request_type="XMPP",
             name="config",
@@ -113,7 +119,12 @@ class XmppUser(User):
             context={},
         )
         log.error("locust-xmpp: %s", self.config_error)
-        raise StopUser()
+
+
+@events.init.add_listener
+def _install_outcome(environment: Any, **_kw: Any) -> None:
+    if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
+        outcome.install(environment)
 
 
 @events.init.add_listener

@@ -130,7 +130,9 @@ def test_quickstart_runs_without_failures(lab, tmp_path: Path) -> None:
     for name in ("connect", "auth", "bind", "muc_join", "mam"):
         assert run.count(name) == 5, (name, run.stats)
     assert run.count("message") > 0
-    assert set(run.stats) <= {"connect", "auth", "bind", "muc_join", "mam", "message", "vcard", "ping", "Aggregated"}
+    assert run.count("muc_configure") == 1  # the first user created the room
+    allowed = {"connect", "auth", "bind", "muc_join", "muc_configure", "mam", "message", "vcard", "ping", "Aggregated"}
+    assert set(run.stats) <= allowed
     # Every message counted as reflected is in the room's archive; a message whose user was stopped
     # at the end of the run before its reflection arrived may be archived without being counted.
     archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
@@ -248,11 +250,6 @@ def test_bad_host_in_the_web_ui_is_a_config_failure(web_ui_run_with_bad_host: Ru
     assert run.output.count("locust-xmpp: not a WebSocket URL (ws:// or wss://): 'http://x'") == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="xmpp_user/user.py on_start raises StopUser through _stop_for_config; Locust 2.47 User.run logs "
-    "every exception escaping on_start with its traceback, StopUser included",
-)
 def test_bad_host_in_the_web_ui_logs_no_traceback(web_ui_run_with_bad_host: Run) -> None:
     assert "Traceback" not in web_ui_run_with_bad_host.output
 
@@ -280,10 +277,16 @@ def test_livechat_three_batches_exact_mix(lab, tmp_path: Path) -> None:
     assert {k: run.count(k) for k in expected_counts} == expected_counts
     truth = run.truth
     # Each talk message is expected by the n viewers, each seed message by the 2 seeders.
-    assert truth == {
-        "sent": 3 * TALK + SEED, "expected": 3 * TALK * n + SEED * 2, "delivered": 3 * TALK * n + SEED * 2,
-        "duplicated": 0, "out_of_order": 0, "lost": 0,
+    assert {k: v for k, v in truth.items() if k != "deviations"} == {
+        "sent": 3 * TALK + SEED, "confirmed": 3 * TALK + SEED, "unconfirmed": 0, "skipped": 0,
+        "expected": 3 * TALK * n + SEED * 2, "delivered": 3 * TALK * n + SEED * 2,
+        "duplicated": 0, "out_of_order": 0, "lost": 0, "unexpected": 0, "unverified": 0,
+        "missing_workers": 0, "missing_users": 0,
     }  # fmt: skip
+    # Stock Prosody has no room vCards: said once, as a difference from the plan, not as a failure.
+    assert set(truth["deviations"]) == {"no_room_vcard"}
+    assert truth["deviations"]["no_room_vcard"]["count"] == n
+    assert run.output.count("Run differs from the plan: the room has no vCard") == 1
     assert run.count("message_delivery") == truth["delivered"]
     assert_phases_in_order(
         run, ["seed", "seed-leave"] + [f"batch{b}-{s}" for b in (1, 2, 3) for s in ("join", "talk", "leave")]

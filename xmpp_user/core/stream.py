@@ -151,6 +151,12 @@ class XmppStream:
         """Stop waiting for the reply to an IQ (it timed out); a late reply is then ignored."""
         self._pending.pop(id_, None)
 
+    def drop_pending(self) -> list[Any]:
+        """Stop waiting for every IQ reply (the session is over); returns their keys."""
+        keys = list(self._pending.values())
+        self._pending.clear()
+        return keys
+
     @property
     def pending_count(self) -> int:
         return len(self._pending)

@@ -9,6 +9,12 @@ from xmpp_user.core.framing import escape_attr, escape_text
 
 SELF_PRESENCE = "110"
 """Status code of the presence that tells a joining occupant it is in the room."""
+ROOM_CREATED = "201"
+"""Status code telling the occupant that its join created the room."""
+NICK_CHANGED = "303"
+"""Status code of the unavailable presence that announces a nickname change."""
+INSTANT_ROOM = f"<query xmlns='{ns.MUC_OWNER}'><x xmlns='{ns.DATA_FORMS}' type='submit'/></query>"
+"""The owner's answer that accepts a new room's default configuration (XEP-0045 section 10.1.2)."""
 
 _X_USER = ns.clark(ns.MUC_USER, "x")
 _STATUS = ns.clark(ns.MUC_USER, "status")

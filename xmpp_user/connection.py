@@ -1,0 +1,332 @@
+"""The life of one client's connection: the only place that knows whether a session is usable.
+
+Theory of operation
+-------------------
+A ``Connection`` holds at most one session at a time (a WebSocket, its reader greenlet and the
+protocol core's stream) and its life, one of::
+
+    CLOSED --open()--> CONNECTING --negotiated--> READY --close()--> CLOSING --> CLOSED
+                            \\___________________________\\__ lost, refused, stream error --> CLOSED
+
+Only READY lets stanzas out: every request asks ``require_ready()`` first and fails at once
+otherwise, so a user whose connection is gone never waits out a reply timeout and never counts
+a message as sent that did not leave.
+
+The session ends exactly once, in ``_end``: requests still in flight fail with the reason when
+the server or the network ended it (each is a recorded failure, and so is the end itself when
+nothing else records it), and are cancelled without a record when we ended it (``close`` and
+``abort``: the user stopped or gave up). The client is told through ``on_end(clean)``.
+
+The reader greenlet is spawned outside the Locust user's greenlet group (it must not count as
+a user) and handles one frame at a time: parse it in the core, hand the events on, then send
+whatever the core queued (acks, answers to pings).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+
+import gevent
+from gevent.event import Event
+
+from xmpp_user.core import events as ev
+from xmpp_user.core.errors import ProtocolError
+from xmpp_user.core.stream import XmppStream
+from xmpp_user.requests import Pending, Requests, XmppRequestFailed
+from xmpp_user.transport import TransportError, WebSocketTransport
+
+log = logging.getLogger(__name__)
+
+
+class Life(enum.Enum):
+    CLOSED = "closed"
+    CONNECTING = "connecting"
+    READY = "ready"
+    CLOSING = "closing"
+
+
+class Connection:
+    def __init__(
+        self,
+        requests: Requests,
+        on_event: Callable[[ev.Event], None],
+        on_end: Callable[[bool], None],
+        *,
+        timeout: float,
+        connect_timeout: float,
+        verify_tls: bool,
+        source_address: str | None,
+    ) -> None:
+        self.requests = requests
+        self._on_event = on_event
+        self._on_end = on_end
+        """Called once per session when it ends: True if we ended it, False if it broke."""
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.verify_tls = verify_tls
+        self.source_address = source_address
+        self.life = Life.CLOSED
+        self.last_error = ""
+        """Why the last session ended or could not start; empty after a clean close."""
+        self.stream: XmppStream | None = None
+        self.url = ""
+        """Where the current (or last) session was opened."""
+        self.redirect = ""
+        self._transport: WebSocketTransport | None = None
+        self._reader: gevent.Greenlet | None = None
+        self._settled = Event()
+        """Set when negotiation ends, whichever way."""
+        self._ended = True
+        self._handlers: dict[type, Callable[[ev.Event], None]] = {
+            ev.RegisterRequested: lambda e: self._begin("register"),
+            ev.Registered: lambda e: self._finish("register"),
+            ev.AuthRequested: lambda e: self._begin("auth"),
+            ev.Authenticated: lambda e: self._finish("auth"),
+            ev.BindRequested: lambda e: self._begin("bind"),
+            ev.Bound: lambda e: self._finish("bind"),
+            ev.Ready: self._on_ready,
+            ev.NegotiationFailed: self._on_negotiation_failed,
+            ev.StreamError: self._on_stream_error,
+            ev.StreamClosed: self._on_stream_closed,
+            ev.StreamOpened: lambda e: None,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.life is Life.READY
+
+    def require_ready(self) -> XmppStream:
+        """The stream, if stanzas may be sent now; otherwise XmppRequestFailed at once (nothing recorded)."""
+        if self.life is not Life.READY or self.stream is None:
+            raise XmppRequestFailed(f"not connected ({self.last_error or self.life.value})")
+        return self.stream
+
+    # -- opening --------------------------------------------------------------------------
+
+    def open(self, url: str, stream: XmppStream) -> str:
+        """One attempt: WebSocket to ``url``, then negotiation. Returns once READY, with '' or
+        the URL the server redirects us to; raises XmppRequestFailed (recorded) otherwise."""
+        self.abort()
+        self.life = Life.CONNECTING
+        self.stream, self.url, self.redirect, self.last_error = stream, url, "", ""
+        self._settled = Event()
+        self._ended = False
+        connect = Pending("connect")
+        try:
+            transport = WebSocketTransport.open(url, self.connect_timeout, self.verify_tls, self.source_address)
+        except TransportError as exc:
+            self.requests.fail(connect, str(exc))
+            self._end(str(exc), record=False)
+            raise XmppRequestFailed(str(exc)) from None
+        self._transport = transport
+        self.requests.complete(connect)
+        stream.start()
+        self.flush()
+        self._reader = gevent.spawn(self._read_loop, transport, stream)
+        if not self._settled.wait(self.timeout):
+            reason = f"negotiation did not finish within {self.timeout:g} s"
+            steps = list(self.requests.negotiation.values())
+            self.requests.negotiation.clear()
+            for step in steps:
+                self.requests.fail(step, f"no reply within {self.timeout:g} s")
+            self._end(reason, record=not steps)
+        if self.redirect and self.life is not Life.READY:
+            self.abort()
+            return self.redirect
+        if self.life is not Life.READY:
+            reason = self.last_error or "negotiation failed"
+            self.abort()
+            raise XmppRequestFailed(reason)
+        return ""
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self, timeout: float = 2.0) -> None:
+        """End the session politely: cancel what is in flight, send ``<close/>``, wait for the
+        server's for up to ``timeout`` seconds, then drop the socket."""
+        stream, reader = self.stream, self._reader
+        if self.life in (Life.READY, Life.CONNECTING) and stream is not None and self._transport is not None:
+            self.life = Life.CLOSING
+            self._end(None)
+            stream.close()
+            try:
+                self.flush()
+            except XmppRequestFailed:
+                pass
+            if reader is not None and reader is not gevent.getcurrent():
+                reader.join(timeout)
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection at once; what is still in flight is cancelled without a record."""
+        if not self._ended:
+            self._end(None)
+        self.life = Life.CLOSED
+        transport, self._transport = self._transport, None
+        reader, self._reader = self._reader, None
+        if transport is not None:
+            transport.close()
+        if reader is not None and reader is not gevent.getcurrent():
+            reader.kill(block=False)
+
+    def _end(self, reason: str | None, record: bool = True) -> None:
+        """End the session once: ``reason`` None means we ended it (in-flight requests are
+        cancelled); otherwise they fail with ``reason``, recorded as a ``stream`` failure too
+        when ``record`` says nothing else has recorded it."""
+        if self._ended:
+            return
+        self._ended = True
+        if reason is not None:
+            self.last_error = reason
+            if record:
+                self.requests.record("stream", reason)
+            if self.life is not Life.CLOSING:
+                self.life = Life.CLOSED
+        stream = self.stream
+        self.requests.end_all(stream.drop_pending() if stream is not None else (), reason)
+        self._settled.set()
+        self._on_end(reason is None)
+
+    # -- sending --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Send what the core has queued; a send failure ends the session (recorded)."""
+        stream, transport = self.stream, self._transport
+        if stream is None:
+            return
+        frames = stream.data_to_send()
+        if not frames:
+            return
+        if transport is None:
+            raise XmppRequestFailed(f"not connected ({self.last_error or self.life.value})")
+        try:
+            for frame in frames:
+                transport.send(frame)
+        except TransportError as exc:
+            self._lost(transport, str(exc))
+            raise XmppRequestFailed(str(exc)) from None
+
+    # -- the reader greenlet ----------------------------------------------------------------
+
+    def _read_loop(self, transport: WebSocketTransport, stream: XmppStream) -> None:
+        handlers, on_event, requests = self._handlers, self._on_event, self.requests
+        while True:
+            try:
+                frame = transport.recv()
+            except TransportError as exc:
+                self._lost(transport, str(exc))
+                return
+            if self._transport is not transport:
+                return  # a session we have already dropped
+            if frame is None:
+                self._lost(transport, "the server closed the WebSocket")
+                return
+            requests.frame_length = len(frame)
+            try:
+                for event in stream.receive_frame(frame):
+                    handler = handlers.get(type(event))
+                    if handler is None:
+                        on_event(event)
+                    else:
+                        handler(event)
+            except ProtocolError as exc:
+                self._protocol_failure(transport, str(exc))
+                return
+            except Exception as exc:  # a bug in a callback must not leave the user waiting forever
+                log.exception("error while handling a frame")
+                self._protocol_failure(transport, f"internal error while handling a frame: {exc!r}")
+                return
+            if self._transport is not transport:
+                return
+            if self.life is Life.CLOSED and stream.state == "closed":
+                # The closing handshake is over (their </close> answered): the socket goes.
+                self._drop(transport)
+                return
+            try:
+                self.flush()
+            except XmppRequestFailed:
+                return
+
+    def _lost(self, transport: WebSocketTransport, reason: str) -> None:
+        """The transport broke or closed under us."""
+        if self._transport is not transport:
+            return
+        if self.life is Life.CLOSING or self._ended:
+            self._end(None)
+        else:
+            self._end(f"connection lost: {reason}")
+        self._drop(transport)
+
+    def _protocol_failure(self, transport: WebSocketTransport, reason: str) -> None:
+        """The server broke the protocol: record it, say goodbye, drop the connection."""
+        if self._transport is not transport:
+            return
+        if self.stream is not None:
+            self.stream.close()
+            try:
+                self.flush()
+            except XmppRequestFailed:
+                pass
+        self._end(reason)
+        self._drop(transport)
+
+    def _drop(self, transport: WebSocketTransport) -> None:
+        if self._transport is transport:
+            self._transport = None
+            self.life = Life.CLOSED
+        transport.close()
+
+    # -- negotiation and stream events ------------------------------------------------------
+
+    def _begin(self, step: str) -> None:
+        self.requests.negotiation[step] = Pending(step)
+
+    def _finish(self, step: str) -> None:
+        pending = self.requests.negotiation.pop(step, None)
+        if pending is not None:
+            self.requests.complete(pending)
+
+    def _on_ready(self, event: ev.Ready) -> None:
+        if self.life is Life.CONNECTING:
+            self.life = Life.READY
+        self._settled.set()
+
+    def _on_negotiation_failed(self, event: ev.NegotiationFailed) -> None:
+        reason = _describe(event.condition, event.text)
+        pending = self.requests.negotiation.pop(event.step, None)
+        if pending is not None:
+            self.requests.fail(pending, reason)
+        else:
+            self.requests.record(event.step, reason)
+        # The core has queued <close/>: the server's answer ends the session quietly.
+        self._end(f"{event.step}: {reason}", record=False)
+        self.life = Life.CLOSING
+
+    def _on_stream_error(self, event: ev.StreamError) -> None:
+        if event.see_other_host:
+            self.redirect = _redirect_url(self.url, event.see_other_host)
+        self._end(f"stream error {_describe(event.condition, event.text)}")
+        self.life = Life.CLOSING  # the core answered with <close/>
+
+    def _on_stream_closed(self, event: ev.StreamClosed) -> None:
+        if event.see_other_uri and self.life is Life.CONNECTING:
+            # RFC 7395 section 3.6.1: the server sends us elsewhere before the session starts.
+            self.redirect = event.see_other_uri
+            self.requests.negotiation.clear()
+            self._end(None)
+        elif self.life is not Life.CLOSING:
+            self._end("the server closed the stream")
+        self.life = Life.CLOSED
+
+
+def _describe(condition: str, text: str) -> str:
+    return f"{condition} ({text})" if text else condition
+
+
+def _redirect_url(url: str, host: str) -> str:
+    """The URL to retry at after a see-other-host stream error: same scheme and path, new host."""
+    scheme, _, rest = url.partition("://")
+    path = rest[rest.find("/") :] if "/" in rest else ""
+    return f"{scheme}://{host}{path}"

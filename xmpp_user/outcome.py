@@ -1,0 +1,234 @@
+"""The outcome of a Locust run of XMPP users: message truth and plan deviations summed over the
+workers, lost workers noticed, results written, and an exit code that tells CI whether anything
+went wrong.
+
+Workers add their message tally and deviations to every stats report (keys ``xmpp_truth`` and
+``xmpp_deviations``) and zero them, because Locust's worker reports are deltas; the master adds
+each report to its own. A local runner simply owns the totals. The process that owns the totals
+logs each deviation the first time it hears of it and, at the end of the run, logs the truth
+line and writes, with ``--csv PREFIX``, ``PREFIX_truth.json`` (counters, deviations, missing
+workers). A headless master fires ``test_stop`` before its workers have sent their final report
+(they send it when told to quit), so it reports when it quits, after collecting them.
+
+Exit code (Locust's conventions): 0 when nothing went wrong; 1 when a request failed (Locust's
+own rule), a message was lost, or a worker went missing; 2 for bad settings or an unhandled
+error. SIGTERM, which Kubernetes and CI runners send to stop a run, ends a run the way Ctrl+C
+does: users stopped, workers told, files written.
+
+The master notices a worker that stops answering (Locust marks it missing after three seconds
+without a heartbeat): it says so once, counts its users as missing, and judges none of the
+deliveries to or from its users, which nobody can verify any more. Locust's ``--csv`` stats file
+is written once a second while the run goes on; it is written again at the very end, so that it
+holds what the console table shows, the requests of users that were still stopping included.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import logging
+import os
+import signal
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import gevent
+from locust.env import Environment
+from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+
+from xmpp_user.deviations import DEVIATIONS, Deviations
+from xmpp_user.truth import TALLY, Tally
+
+log = logging.getLogger(__name__)
+
+TRUTH_KEY = "xmpp_truth"
+"""Key of the tally in a worker's report to the master."""
+DEVIATIONS_KEY = "xmpp_deviations"
+ROUTE = "/xmpp/truth"
+"""Web UI route serving ``summary()`` as JSON."""
+EXIT_PROBLEM = 1
+"""Locust's exit code for a run in which something went wrong."""
+
+
+class _Run:
+    """What the reporting process knows of the run."""
+
+    def __init__(self, tally: Tally, deviations: Deviations) -> None:
+        self.tally = tally
+        self.deviations = deviations
+        self.missing: dict[str, int] = {}
+        """Groups (``w<index>``) of the workers that went missing, with their last user count."""
+        self.worker_users: dict[str, int] = {}
+        """Last user count each worker reported, by client id."""
+        self.reported: dict[str, Any] | None = None
+        """What was last written, so a run that ends twice (test_stop, quitting) reports once."""
+        self.stopping = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.tally.summary(self.missing),
+            "missing_workers": len(self.missing),
+            "missing_users": sum(self.missing.values()),
+            "deviations": self.deviations.as_dict(),
+        }
+
+
+_installed: WeakKeyDictionary[Environment, _Run] = WeakKeyDictionary()
+_sender_ids = itertools.count(1)
+
+
+def sender_id(environment: Environment) -> str:
+    """A truth sender id unique in the run: worker index (``w3``, or ``l`` for a local run) and a counter."""
+    runner = environment.runner
+    prefix = f"w{runner.worker_index}" if isinstance(runner, WorkerRunner) else "l"
+    return f"{prefix}.{next(_sender_ids)}"
+
+
+def summary(environment: Environment) -> dict[str, Any]:
+    """The counters this process holds for the run, judged (totals on a master or local runner)."""
+    run = _installed.get(environment)
+    return run.summary() if run is not None else {**TALLY.summary(), "deviations": DEVIATIONS.as_dict()}
+
+
+def install(environment: Environment, tally: Tally = TALLY, deviations: Deviations = DEVIATIONS) -> None:
+    """Wire the process tally and deviations into the run; call from an ``init`` listener.
+    Repeated calls do nothing."""
+    if environment in _installed:
+        return
+    run = _installed[environment] = _Run(tally, deviations)
+    runner = environment.runner
+    events = environment.events
+
+    if isinstance(runner, WorkerRunner):
+
+        def on_report_to_master(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+            # No greenlet switch between reading and zeroing, so no count falls between two reports.
+            data[TRUTH_KEY] = tally.as_dict()
+            data[DEVIATIONS_KEY] = deviations.as_dict()
+            tally.reset()
+            deviations.reset()
+
+        events.report_to_master.add_listener(on_report_to_master)
+        return
+
+    deviations.on_new.append(lambda kind, message: log.warning("Run differs from the plan: %s", message))
+
+    def on_worker_report(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
+        tally.merge(data.get(TRUTH_KEY) or {})
+        deviations.merge(data.get(DEVIATIONS_KEY) or {})
+        if "user_count" in data:
+            run.worker_users[client_id] = int(data["user_count"])
+
+    def on_test_start(**_kw: Any) -> None:
+        tally.reset()
+        deviations.reset()
+        run.missing.clear()
+        run.reported = None
+        run.stopping = False
+
+    def on_test_stop(**_kw: Any) -> None:
+        run.stopping = True
+        if isinstance(environment.runner, LocalRunner):
+            _report(environment, run)
+
+    def on_quitting(**_kw: Any) -> None:
+        runner = environment.runner
+        run.stopping = True
+        if isinstance(runner, MasterRunner) and len(runner.greenlet):
+            # Quitting fires its listeners last-added first, so the master's own quit (which
+            # collects the workers' final reports) has not run yet after a Ctrl+C or SIGTERM.
+            runner.quit()
+        _report(environment, run)
+
+    def on_quit(**_kw: Any) -> None:
+        _write_final_csv(environment)
+
+    events.worker_report.add_listener(on_worker_report)
+    events.test_start.add_listener(on_test_start)
+    events.test_stop.add_listener(on_test_stop)
+    events.quitting.add_listener(on_quitting)
+    events.quit.add_listener(on_quit)
+    if isinstance(runner, MasterRunner):
+        gevent.spawn(_watch_workers, runner, run)
+    _stop_on_sigterm(environment)
+
+    web_ui = environment.web_ui
+    if web_ui is not None:
+        view = web_ui.auth_required_if_enabled(lambda: summary(environment))
+        web_ui.app.add_url_rule(ROUTE, endpoint="xmpp_truth", view_func=view)
+
+
+def _watch_workers(runner: MasterRunner, run: _Run) -> None:
+    """Notice workers that stop answering (and come back) while the run goes on."""
+    while True:
+        gevent.sleep(1)
+        for client in list(runner.clients.values()):
+            group = f"w{runner.get_worker_index(client.id)}"
+            if client.state == STATE_MISSING and group not in run.missing and not run.stopping:
+                users = run.worker_users.get(client.id, 0)
+                run.missing[group] = users
+                run.deviations.note(
+                    "worker_missing",
+                    f"worker {client.id} (index {group[1:]}) stopped answering with {users} users: they are "
+                    "missing from the run, and deliveries to or from them are not judged",
+                )
+            elif client.state != STATE_MISSING and group in run.missing:
+                log.warning("Worker %s (index %s) answers again", client.id, group[1:])
+                del run.missing[group]
+
+
+def _stop_on_sigterm(environment: Environment) -> None:
+    """SIGTERM stops the run as Ctrl+C does.
+
+    Locust installs its own SIGTERM handler only once a headless load shape has ended, so
+    until then SIGTERM would kill the process outright: no users stopped, no files, workers left
+    running. Until Locust's handler is in place, ours raises KeyboardInterrupt in the main
+    greenlet, the way Ctrl+C does.
+    """
+    main = gevent.getcurrent()
+    runner = environment.runner
+
+    def on_sigterm() -> None:
+        shape = getattr(runner, "shape_greenlet", None)
+        if shape is not None and not shape.dead:
+            log.info("Got SIGTERM: stopping the run as on Ctrl+C")
+            main.throw(KeyboardInterrupt)
+
+    gevent.signal_handler(signal.SIGTERM, on_sigterm)
+
+
+def _report(environment: Environment, run: _Run) -> None:
+    totals = run.summary()
+    if totals == run.reported:
+        return
+    run.reported = totals
+    counters = {k: v for k, v in totals.items() if k != "deviations"}
+    log.info("Message truth: %s", " ".join(f"{k}={v}" for k, v in counters.items()))
+    for kind, entry in totals["deviations"].items():
+        log.warning("Run differed from the plan (%s, %d times): %s", kind, entry["count"], entry["message"])
+    if totals["lost"] or totals["missing_workers"]:
+        environment.process_exit_code = max(environment.process_exit_code or 0, EXIT_PROBLEM)
+    prefix = environment.parsed_options.csv_prefix if environment.parsed_options else None
+    if prefix:
+        if directory := os.path.dirname(prefix):
+            os.makedirs(directory, exist_ok=True)
+        with open(f"{prefix}_truth.json", "w", encoding="utf-8") as f:
+            json.dump(totals, f, indent=2)
+            f.write("\n")
+
+
+def _write_final_csv(environment: Environment) -> None:
+    """Write Locust's stats, failures and exceptions files once more, now that every user has stopped."""
+    prefix = environment.parsed_options.csv_prefix if environment.parsed_options else None
+    if not prefix:
+        return
+    writer = StatsCSV(environment, PERCENTILES_TO_REPORT)
+    for suffix, write in (("stats", writer.requests_csv), ("failures", writer.failures_csv),
+                          ("exceptions", writer.exceptions_csv)):  # fmt: skip
+        path = f"{prefix}_{suffix}.csv"
+        with open(f"{path}.final", "w", newline="") as f:
+            write(csv.writer(f))
+        # Locust still holds the old file open and flushes it on exit: a new file takes its name.
+        os.replace(f"{path}.final", path)
