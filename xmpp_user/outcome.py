@@ -38,6 +38,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
+from xmpp_user import phases
 from xmpp_user.deviations import DEVIATIONS, Deviations
 from xmpp_user.truth import TALLY, Tally
 
@@ -97,6 +98,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
     Repeated calls do nothing."""
     if environment in _installed:
         return
+    phases.install(environment)  # first: a run stopped early closes its phases before it is reported
     run = _installed[environment] = _Run(tally, deviations)
     runner = environment.runner
     events = environment.events

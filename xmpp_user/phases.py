@@ -43,6 +43,8 @@ from locust import LoadTestShape
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from xmpp_user.deviations import DEVIATIONS
+
 if TYPE_CHECKING:
     from locust import User
     from locust.rpc import Message
@@ -196,6 +198,13 @@ class PhasedShape(LoadTestShape):
         """Close the open phase and write the phase files; does nothing outside a run."""
         if self._index is None:
             return
+        if 0 <= self._index < len(self._phases):
+            left = len(self._phases) - self._index - 1
+            DEVIATIONS.note(
+                "stopped_early",
+                f"the run was stopped during phase {self._phases[self._index].name!r}; "
+                f"{left} later phase{'s' if left != 1 else ''} did not run",
+            )
         self._close(self.wall_clock())
         self._index = None
         if self._state is not None:

@@ -23,7 +23,8 @@ without its own leave (connection lost, kicked) is ``broken``; a worker that wen
 takes its members and its messages with it. For every other pair, what was expected and not
 delivered is ``lost`` and what was delivered beyond expectation is ``unexpected``; for broken
 members and missing workers the shortfall is ``unverified``: nobody can tell whether the
-server would have delivered it. The three never cancel each other.
+server would have delivered it (and a missing worker's pairs are not judged for surplus either,
+since its last counts never arrived). The three never cancel each other.
 
 All counts live in a ``Tally``: integers and dicts that merge by addition, so a worker can ship
 its counts as deltas and the master can sum them. This module does no I/O and knows nothing
@@ -120,9 +121,11 @@ class Tally:
         for key in self.expected.keys() | self.delivered.keys():
             member, _, group = key.partition("|")
             shortfall = self.expected[key] - self.delivered[key]
-            if shortfall < 0:
+            if group in gone or group_of(member) in gone:
+                unverified += max(0, shortfall)  # half of the counts went with the worker
+            elif shortfall < 0:
                 unexpected -= shortfall
-            elif member in self.broken or group in gone or group_of(member) in gone:
+            elif member in self.broken:
                 unverified += shortfall
             else:
                 lost += shortfall

@@ -12,6 +12,7 @@ import hashlib
 import socket
 import struct
 import threading
+import time
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -116,11 +117,15 @@ def _frame_header(opcode: int, length: int) -> bytes:
 class TcpProxy:
     """A TCP relay to ``target`` (the lab's HTTP port) that can fail like a network does: ``cut()``
     resets every relayed connection (RST to the client), ``freeze()`` silently drops all bytes from
-    then on (a dead link). It relays bytes only; the XMPP session is the lab's."""
+    then on (a dead link), ``stall(s)`` holds every byte for ``s`` seconds then lets them all through
+    (a server or link that hangs for a while), ``delay`` adds latency to each chunk. It relays bytes
+    only; the XMPP session is the lab's."""
 
-    def __init__(self, target: tuple[str, int], path: str = "/xmpp-websocket") -> None:
+    def __init__(self, target: tuple[str, int], path: str = "/xmpp-websocket", delay: float = 0.0) -> None:
         self.target = target
+        self.delay = delay
         self.frozen = False
+        self.stalled_until = 0.0
         self.pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self.sock = socket.socket()
@@ -153,6 +158,10 @@ class TcpProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                if self.delay:
+                    time.sleep(self.delay)
+                while time.monotonic() < self.stalled_until:
+                    time.sleep(0.01)
                 if not self.frozen:
                     dst.sendall(data)
         except OSError:
@@ -179,6 +188,10 @@ class TcpProxy:
     def freeze(self) -> None:
         """From now on, relay nothing in either direction, and say nothing."""
         self.frozen = True
+
+    def stall(self, seconds: float) -> None:
+        """Relay nothing for ``seconds``, then everything held back, in order."""
+        self.stalled_until = time.monotonic() + seconds
 
     def close(self) -> None:
         self.sock.close()

@@ -467,3 +467,79 @@ def test_stream_management_acks_count_every_stanza(lab, monkeypatch: pytest.Monk
     # Prosody asks again only once its previous request is answered: a burst gets fewer requests.
     assert len(asked) >= 5 and asked[-1] >= 30
     assert answered == asked
+
+
+def test_occupants_are_the_nicks_in_the_room_and_nothing_else(lab) -> None:
+    """Some servers (ejabberd) send presence from the room's own bare JID (its entity caps): that is
+    the room speaking, not an occupant with an empty nick."""
+    rec = Recorder()
+    a, b = (XmppClient(lab.websocket_url, lab.domain, request_event=rec) for _ in range(2))
+    room = new_room(lab, "occ")
+    try:
+        a.connect()
+        b.connect()
+        a.muc_join(room, "alpha")
+        b.muc_join(room, "beta")
+        assert wait_until(lambda: set(a.rooms[room].occupants) == {"alpha", "beta"})
+        gevent.sleep(0.3)  # anything else the room says on a join has arrived by now
+        assert set(a.rooms[room].occupants) == set(b.rooms[room].occupants) == {"alpha", "beta"}
+    finally:
+        a.close()
+        b.close()
+    assert rec.failures == []
+
+
+def test_room_names_with_capitals_are_joined_and_used(lab) -> None:
+    """Servers answer from the normalised (lower-case) room JID; the client must recognise it."""
+    rec = Recorder()
+    client = XmppClient(lab.websocket_url, lab.domain, request_event=rec, timeout=3)
+    room = f"CpuA20-{uuid.uuid4().hex[:6].upper()}@{lab.muc_domain.upper()}"
+    try:
+        client.connect()
+        client.muc_join(room, "Mixed Case")
+        assert room in client.rooms and client.rooms[room].jid == room.lower()
+        client.groupchat(room, "reflected from the lower-case JID")
+        client.muc_leave(room)
+    finally:
+        client.close()
+    assert rec.failures == []
+    assert [n for n in rec.names if n != "muc_configure"] == ["connect", "auth", "bind", "muc_join", "message",
+                                                              "muc_leave"]  # fmt: skip
+
+
+def test_close_cancels_what_is_in_flight_without_failures(lab) -> None:
+    """A user stopped by Locust closes its session with requests in flight: nothing went wrong on the
+    server's side, so nothing is recorded, and nothing fires later either."""
+    rec = Recorder()
+    client = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
+    client.connect()
+    room = new_room(lab, "stop")
+    client.muc_join(room, "leaving")
+    assert wait_until(lambda: "muc_configure" in rec.names)
+    rec.take()
+    in_flight = [client.ping(wait=False), client.mam(room, wait=False), client.groupchat(room, "bye", wait=False),
+                 client.vcard(wait=False, accept=NO_VCARD)]  # fmt: skip
+    client.close()
+    gevent.sleep(0.5)
+    assert rec.events == []
+    assert all(p.cancelled and not p.ok for p in in_flight)
+    with pytest.raises(XmppRequestFailed, match=r"^ping: cancelled"):
+        client.wait(in_flight[0])
+    assert not client.connected
+
+
+def test_wait_all_names_the_deadline_it_ran_out_of(lab) -> None:
+    rec = Recorder()
+    asker = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
+    silent = XmppClient(lab.websocket_url, lab.domain)
+    silent.on_iq_request = lambda iq: True  # takes every IQ, answers none
+    asker.connect()
+    silent.connect()
+    try:
+        pendings = [asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid) for _ in range(3)]
+        with pytest.raises(XmppRequestFailed, match=r"^custom: no reply within 0\.3 s$"):
+            asker.wait_all(pendings, timeout=0.3)
+    finally:
+        asker.close()
+        silent.close()
+    assert [e for _, e in rec.failures] == ["no reply within 0.3 s"] * 3

@@ -229,7 +229,7 @@ class _Quiet(User):
 def test_install_on_a_worker_ships_deltas() -> None:
     env = Environment(user_classes=[_Quiet])
     env.runner = WorkerRunner.__new__(WorkerRunner)  # not connected anywhere: only its type matters here
-    env.runner.greenlet = None
+    env.runner.greenlet, env.runner.custom_messages = None, {}
     tally, deviations = Tally(), Deviations()
     tally.sent, tally.delivered["w0.1.1|w0"] = 2, 5
     deviations.note("messages_skipped", "skipped")
