@@ -14,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 import websocket
 
 _SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+_ASK_XMPP = "Sec-WebSocket-Protocol: xmpp"
 
 
 class TransportError(Exception):
@@ -69,7 +70,9 @@ class WebSocketTransport:
         )
         try:
             sock = _BufferedSocket(_open_socket(parts, source_address, timeout, verify_tls))
-            ws.connect(url, socket=sock, subprotocols=["xmpp"], timeout=timeout, suppress_origin=True)
+            # The subprotocol goes as a plain header: asked through ``subprotocols``, websocket-client
+            # refuses an answer without it as an "Invalid WebSocket Header", which names nothing.
+            ws.connect(url, socket=sock, header=[_ASK_XMPP], timeout=timeout, suppress_origin=True)
         except websocket.WebSocketBadStatusException as exc:
             raise TransportError(f"HTTP {exc.status_code} on WebSocket upgrade at {url}") from None
         except ConnectionRefusedError:
@@ -82,8 +85,8 @@ class WebSocketTransport:
             raise TransportError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportError(f"cannot open WebSocket {url}: {exc}") from None
-        if ws.getsubprotocol() != "xmpp":
-            ws.close()
+        if (ws.getheaders() or {}).get("sec-websocket-protocol", "").strip().lower() != "xmpp":
+            cls(ws).close()
             raise TransportError(f"{url} did not accept the 'xmpp' WebSocket subprotocol")
         ws.settimeout(None)  # reply deadlines are kept per request by the client
         return cls(ws)
