@@ -1,7 +1,14 @@
 """WebSocket transport (RFC 7395, subprotocol ``xmpp``): websocket-client under gevent.
 
 Only this module touches sockets. Errors come out as ``TransportError`` with one readable
-line: refused connection, unknown host, timeout, TLS failure, HTTP status on upgrade.
+line: refused connection, unknown host, timeout, TLS failure, HTTP status on upgrade. A peer
+that breaks the WebSocket protocol (a frame over the size limit) raises ``ProtocolViolation``,
+a ``TransportError`` too, after the transport has closed the socket with the matching RFC 6455
+close code.
+
+The size limit holds before a payload is read: websocket-client reads a whole frame, then
+joins and decodes it, before its caller sees a byte, so the frame header is checked inside
+websocket-client's own frame reader (``_LimitedFrameBuffer``).
 """
 
 from __future__ import annotations
@@ -9,16 +16,31 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
 import websocket
 
+from xmpp_user.core.framing import DEFAULT_MAX_FRAME
+
 _SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
 _ASK_XMPP = "Sec-WebSocket-Protocol: xmpp"
+_CLOSE_SEND_TIMEOUT = 1.0
+"""Seconds a close frame may wait for room in the send buffer: a peer that reads nothing must not hold us."""
+_MAX_CONTROL_FRAME = 125
+"""RFC 6455 section 5.5: the longest payload of a ping, pong or close frame."""
 
 
 class TransportError(Exception):
     """The WebSocket could not be opened or broke."""
+
+
+class ProtocolViolation(TransportError):
+    """The peer broke the WebSocket protocol (RFC 6455) or RFC 7395; the socket is closed."""
+
+
+class FrameTooLarge(ProtocolViolation):
+    """A frame, or a message in fragments, longer than the limit: refused from its header, unread."""
 
 
 def ssl_context(verify: bool = True) -> ssl.SSLContext:
@@ -60,7 +82,12 @@ class WebSocketTransport:
         timeout: float = 10.0,
         verify_tls: bool = True,
         source_address: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> WebSocketTransport:
+        """Connect and upgrade; ``max_frame`` is the longest message accepted, in bytes.
+
+        In bytes of UTF-8, a message within the limit is within the core's limit in characters too.
+        """
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
         ws = websocket.WebSocket(
@@ -68,6 +95,7 @@ class WebSocketTransport:
             enable_multithread=True,
             skip_utf8_validation=True,
         )
+        ws.frame_buffer = _LimitedFrameBuffer(ws.frame_buffer.recv, max_frame)
         try:
             sock = _BufferedSocket(_open_socket(parts, source_address, timeout, verify_tls))
             # The subprotocol goes as a plain header: asked through ``subprotocols``, websocket-client
@@ -103,24 +131,63 @@ class WebSocketTransport:
             data = self._ws.recv()
         except websocket.WebSocketConnectionClosedException:
             return None
+        except ProtocolViolation as exc:  # from _LimitedFrameBuffer
+            too_large = isinstance(exc, FrameTooLarge)
+            self.close(websocket.STATUS_MESSAGE_TOO_BIG if too_large else websocket.STATUS_PROTOCOL_ERROR)
+            raise
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportError(f"receive failed: {exc or type(exc).__name__}") from None
         if isinstance(data, bytes):
             raise TransportError("binary WebSocket message: RFC 7395 allows text messages only")
         return data or None
 
-    def close(self) -> None:
+    def close(self, status: int = websocket.STATUS_NORMAL) -> None:
         """Send a WebSocket close frame and close the socket without waiting for the answer.
 
         websocket-client's own ``close()`` reads the peer's close frame under the read lock,
         which the reader greenlet holds while it waits: against a silent peer they deadlock.
-        Closing the socket instead wakes the reader with an error, which ends it.
+        Closing the socket instead wakes the reader with an error, which ends it. Closing twice
+        does nothing more.
         """
+        ws = self._ws
         try:
-            self._ws.send_close()
+            if ws.sock is not None:
+                ws.sock.settimeout(_CLOSE_SEND_TIMEOUT)
+            ws.send_close(status)
         except (OSError, websocket.WebSocketException):
             pass
-        self._ws.shutdown()
+        ws.shutdown()
+
+
+class _LimitedFrameBuffer(websocket.frame_buffer):
+    """websocket-client's frame reader, refusing a frame from its header, before reading its
+    payload, when the payload would take the message past ``max_size`` bytes (the running total
+    of a message in fragments counts), or a control frame past RFC 6455's 125 bytes."""
+
+    def __init__(self, recv_fn: Callable[[int], bytes], max_size: int) -> None:
+        super().__init__(recv_fn, skip_utf8_validation=True)
+        self.max_size = max_size
+        self._message_size = 0
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        _fin, _rsv1, _rsv2, _rsv3, opcode, _mask, _bits = self.header
+        length = self.length
+        if opcode >= websocket.ABNF.OPCODE_CLOSE:  # control frames: close, ping, pong
+            if length > _MAX_CONTROL_FRAME:
+                raise ProtocolViolation(
+                    f"control frame of {length} bytes exceeds the {_MAX_CONTROL_FRAME}-byte limit of RFC 6455"
+                )
+        elif opcode == websocket.ABNF.OPCODE_CONT:
+            self._message_size += length
+            if self._message_size > self.max_size:
+                raise FrameTooLarge(
+                    f"fragmented message of {self._message_size} bytes exceeds the {self.max_size}-byte limit"
+                )
+        else:
+            self._message_size = length
+            if length > self.max_size:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds the {self.max_size}-byte limit")
 
 
 def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:
