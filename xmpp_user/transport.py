@@ -2,9 +2,9 @@
 
 Only this module touches sockets. Errors come out as ``TransportError`` with one readable
 line: refused connection, unknown host, timeout, TLS failure, HTTP status on upgrade. A peer
-that breaks the WebSocket protocol (a frame over the size limit) raises ``ProtocolViolation``,
-a ``TransportError`` too, after the transport has closed the socket with the matching RFC 6455
-close code.
+that breaks the WebSocket protocol or RFC 7395 (a frame over the size limit, invalid UTF-8,
+a binary message) raises ``ProtocolViolation``, a ``TransportError`` too, after the transport
+has closed the socket with the matching RFC 6455 close code.
 
 The size limit holds before a payload is read: websocket-client reads a whole frame, then
 joins and decodes it, before its caller sees a byte, so the frame header is checked inside
@@ -93,7 +93,7 @@ class WebSocketTransport:
         ws = websocket.WebSocket(
             sslopt={"context": ssl_context(verify_tls)},
             enable_multithread=True,
-            skip_utf8_validation=True,
+            skip_utf8_validation=True,  # its validator is pure Python; recv decodes in C and names the error
         )
         ws.frame_buffer = _LimitedFrameBuffer(ws.frame_buffer.recv, max_frame)
         try:
@@ -126,20 +126,38 @@ class WebSocketTransport:
             raise TransportError(f"send failed: {exc or type(exc).__name__}") from None
 
     def recv(self) -> str | None:
-        """The next text message, or None once the WebSocket is closed."""
+        """The next text message, or None once the WebSocket is closed.
+
+        Raises ``TransportError`` (``ProtocolViolation`` when the peer is at fault), never anything else.
+        """
+        ws = self._ws
         try:
-            data = self._ws.recv()
+            with ws.readlock:
+                opcode, data = ws.recv_data()
         except websocket.WebSocketConnectionClosedException:
             return None
         except ProtocolViolation as exc:  # from _LimitedFrameBuffer
             too_large = isinstance(exc, FrameTooLarge)
             self.close(websocket.STATUS_MESSAGE_TOO_BIG if too_large else websocket.STATUS_PROTOCOL_ERROR)
             raise
+        except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException) as exc:
+            self.close(websocket.STATUS_PROTOCOL_ERROR)
+            raise ProtocolViolation(f"WebSocket protocol violation: {_one_line(exc)}") from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise TransportError(f"receive failed: {exc or type(exc).__name__}") from None
-        if isinstance(data, bytes):
-            raise TransportError("binary WebSocket message: RFC 7395 allows text messages only")
-        return data or None
+            raise TransportError(f"receive failed: {_one_line(exc)}") from None
+        except Exception as exc:  # a defect of websocket-client, or a state it did not expect
+            self.close(websocket.STATUS_UNEXPECTED_CONDITION)
+            raise TransportError(f"receive failed: {type(exc).__name__}: {_one_line(exc)}") from None
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                self.close(websocket.STATUS_INVALID_PAYLOAD)
+                raise ProtocolViolation("invalid UTF-8 in a text frame") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return None
+        self.close(websocket.STATUS_UNSUPPORTED_DATA_TYPE)
+        raise ProtocolViolation("binary WebSocket message: RFC 7395 allows text messages only")
 
     def close(self, status: int = websocket.STATUS_NORMAL) -> None:
         """Send a WebSocket close frame and close the socket without waiting for the answer.
@@ -188,6 +206,12 @@ class _LimitedFrameBuffer(websocket.frame_buffer):
             self._message_size = length
             if length > self.max_size:
                 raise FrameTooLarge(f"frame of {length} bytes exceeds the {self.max_size}-byte limit")
+
+
+def _one_line(exc: BaseException, size: int = 200) -> str:
+    """An exception's message on one line, cut to ``size`` characters (some quote whole payloads)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= size else text[: size - 3] + "..."
 
 
 def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:

@@ -1,6 +1,7 @@
 """The transport holds its limits against a hostile WebSocket peer: a frame or fragmented message
 larger than the limit is refused from its header, before its payload is read (the generator's
-memory does not grow). Each ends as one recorded failure with a one-line message, and the client can connect again."""
+memory does not grow), and invalid UTF-8 in a text frame is a named protocol violation. Each
+ends as one recorded failure with a one-line message, and the client can connect again."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from contextlib import contextmanager
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from faults import FaultServer, websocket_answering, websocket_streaming
-from test_failures import assert_still_works, attempt
+from test_failures import Events, assert_still_works, attempt
 
+from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
-from xmpp_user.transport import FrameTooLarge, WebSocketTransport
+from xmpp_user.transport import FrameTooLarge, TransportError, WebSocketTransport
 
 MIB = 1 << 20
 HUGE = 400 * MIB
@@ -80,6 +82,24 @@ def test_the_limit_is_exact_and_set_per_transport() -> None:
                 transport.close()
 
 
+def test_invalid_utf8_in_a_text_frame(lab) -> None:
+    events = Events()
+    client = XmppClient("ws://unused.invalid/", "localhost", request_event=events, timeout=2, connect_timeout=2)
+    with FaultServer(websocket_answering(b"<message>\xff\xfe</message>")) as server:
+        client.url = server.url
+        with pytest.raises(XmppRequestFailed) as raised:
+            client.connect()
+    assert str(raised.value) == "invalid UTF-8 in a text frame"
+    # Today's client.py records every TransportError from recv as a lost connection.
+    assert events.records == [("connect", None), ("stream", "connection lost: invalid UTF-8 in a text frame")]
+    # The same client object connects again, to a sound server.
+    client.url, client.domain = lab.websocket_url, lab.domain
+    client.connect()
+    client.ping()
+    client.close()
+    assert events.failures == [("stream", "connection lost: invalid UTF-8 in a text frame")]
+
+
 def test_a_control_frame_longer_than_125_bytes_is_refused(lab) -> None:
     # RFC 6455 section 5.5: a ping of 400 MB would otherwise be read whole before being refused.
     with FaultServer(websocket_answering(b"p" * 200, opcode=0x9)) as server:
@@ -87,3 +107,27 @@ def test_a_control_frame_longer_than_125_bytes_is_refused(lab) -> None:
     assert message == "control frame of 200 bytes exceeds the 125-byte limit of RFC 6455"
     assert events.records == [("connect", None), ("stream", f"connection lost: {message}")]
     assert_still_works(lab)
+
+
+def test_a_websocket_protocol_error_is_a_protocol_violation(lab) -> None:
+    rsv1_text = 0x40 | 0x1  # a text frame with RSV1 set, for an extension never negotiated
+    with FaultServer(websocket_answering("<x/>", opcode=rsv1_text)) as server:
+        events, message = attempt(server.url, timeout=2)
+    assert message == "WebSocket protocol violation: rsv is not implemented, yet"
+    assert events.records == [("connect", None), ("stream", f"connection lost: {message}")]
+    assert_still_works(lab)
+
+
+def test_any_other_exception_from_websocket_client_is_a_transport_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args) -> None:  # an exception websocket-client does not wrap, over two lines
+        raise ValueError("bufsize must be an integer\nand more")
+
+    with FaultServer(websocket_answering("<x/>")) as server:
+        transport = WebSocketTransport.open(server.url, timeout=5)
+        monkeypatch.setattr(transport._ws.frame_buffer, "recv_strict", broken)
+        try:
+            expected = "^receive failed: ValueError: bufsize must be an integer and more$"
+            with pytest.raises(TransportError, match=expected):
+                transport.recv()
+        finally:
+            transport.close()
