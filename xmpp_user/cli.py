@@ -67,6 +67,7 @@ def lab_up(args: argparse.Namespace) -> int:
     print(f"  c2s         {lab.c2s_address[0]}:{lab.c2s_address[1]}")
     print(f"  metrics     {lab.metrics_url}")
     print(f"  domains     {lab.domain} (anonymous), {lab.registered_domain} (accounts), {lab.muc_domain} (rooms)")
+    print(f"              {lab.scram_domain} (accounts, every SCRAM Prosody has; for mechanism tests)")
     return EXIT_OK
 
 

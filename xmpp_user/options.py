@@ -18,7 +18,14 @@ from xmpp_user.core.stream import Credentials
 from xmpp_user.rooms import normalise
 from xmpp_user.transport import check_url
 
-AUTH_MODES = {"anonymous": "ANONYMOUS", "plain": "PLAIN", "scram": "SCRAM-SHA-1"}
+AUTH_MODES = {
+    "anonymous": "ANONYMOUS",
+    "plain": "PLAIN",
+    "scram": "SCRAM",  # the strongest SCRAM the server offers
+    "scram-sha-1": "SCRAM-SHA-1",
+    "scram-sha-256": "SCRAM-SHA-256",
+    "scram-sha-512": "SCRAM-SHA-512",
+}
 
 
 def positive(kind: type) -> Any:
@@ -97,12 +104,14 @@ def add_options(parser: Any) -> None:
         "--xmpp-auth",
         default="anonymous",
         choices=sorted(AUTH_MODES),
-        help="SASL mechanism: anonymous, plain or scram (SCRAM-SHA-1) (default %(default)s)",
+        help="SASL mechanism: anonymous, plain, scram (the strongest the server offers of SCRAM-SHA-512, "
+        "SCRAM-SHA-256 and SCRAM-SHA-1), or scram-sha-1, scram-sha-256 or scram-sha-512 for exactly that one "
+        "(default %(default)s)",
     )
     group.add_argument(
         "--xmpp-user",
         default="user{n}",
-        help="Account name pattern for plain/scram, {n} = account number (default %(default)s)",
+        help="Account name pattern for plain and scram logins, {n} = account number (default %(default)s)",
     )
     group.add_argument("--xmpp-password", default="secret", secret=True, help="Password of the pattern accounts")
     group.add_argument(

@@ -1,7 +1,14 @@
 """WebSocket transport (RFC 7395, subprotocol ``xmpp``): websocket-client under gevent.
 
 Only this module touches sockets. Errors come out as ``TransportError`` with one readable
-line: refused connection, unknown host, timeout, TLS failure, HTTP status on upgrade.
+line: refused connection, unknown host, timeout, TLS failure, HTTP status on upgrade. A peer
+that breaks the WebSocket protocol or RFC 7395 (a frame over the size limit, invalid UTF-8,
+a binary message) raises ``ProtocolViolation``, a ``TransportError`` too, after the transport
+has closed the socket with the matching RFC 6455 close code.
+
+The size limit holds before a payload is read: websocket-client reads a whole frame, then
+joins and decodes it, before its caller sees a byte, so the frame header is checked inside
+websocket-client's own frame reader (``_LimitedFrameBuffer``).
 """
 
 from __future__ import annotations
@@ -9,15 +16,31 @@ from __future__ import annotations
 import functools
 import socket
 import ssl
+from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
 import websocket
 
+from xmpp_user.core.framing import DEFAULT_MAX_FRAME
+
 _SSL_CONTEXTS: dict[bool, ssl.SSLContext] = {}
+_ASK_XMPP = "Sec-WebSocket-Protocol: xmpp"
+_CLOSE_SEND_TIMEOUT = 1.0
+"""Seconds a close frame may wait for room in the send buffer: a peer that reads nothing must not hold us."""
+_MAX_CONTROL_FRAME = 125
+"""RFC 6455 section 5.5: the longest payload of a ping, pong or close frame."""
 
 
 class TransportError(Exception):
     """The WebSocket could not be opened or broke."""
+
+
+class ProtocolViolation(TransportError):
+    """The peer broke the WebSocket protocol (RFC 6455) or RFC 7395; the socket is closed."""
+
+
+class FrameTooLarge(ProtocolViolation):
+    """A frame, or a message in fragments, longer than the limit: refused from its header, unread."""
 
 
 def ssl_context(verify: bool = True) -> ssl.SSLContext:
@@ -59,17 +82,25 @@ class WebSocketTransport:
         timeout: float = 10.0,
         verify_tls: bool = True,
         source_address: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> WebSocketTransport:
+        """Connect and upgrade; ``max_frame`` is the longest message accepted, in bytes.
+
+        In bytes of UTF-8, a message within the limit is within the core's limit in characters too.
+        """
         parts = urlsplit(url)
         where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'wss' else 80)}"
         ws = websocket.WebSocket(
             sslopt={"context": ssl_context(verify_tls)},
             enable_multithread=True,
-            skip_utf8_validation=True,
+            skip_utf8_validation=True,  # its validator is pure Python; recv decodes in C and names the error
         )
+        ws.frame_buffer = _LimitedFrameBuffer(ws.frame_buffer.recv, max_frame)
         try:
             sock = _BufferedSocket(_open_socket(parts, source_address, timeout, verify_tls))
-            ws.connect(url, socket=sock, subprotocols=["xmpp"], timeout=timeout, suppress_origin=True)
+            # The subprotocol goes as a plain header: asked through ``subprotocols``, websocket-client
+            # refuses an answer without it as an "Invalid WebSocket Header", which names nothing.
+            ws.connect(url, socket=sock, header=[_ASK_XMPP], timeout=timeout, suppress_origin=True)
         except websocket.WebSocketBadStatusException as exc:
             raise TransportError(f"HTTP {exc.status_code} on WebSocket upgrade at {url}") from None
         except ConnectionRefusedError:
@@ -82,8 +113,8 @@ class WebSocketTransport:
             raise TransportError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise TransportError(f"cannot open WebSocket {url}: {exc}") from None
-        if ws.getsubprotocol() != "xmpp":
-            ws.close()
+        if (ws.getheaders() or {}).get("sec-websocket-protocol", "").strip().lower() != "xmpp":
+            cls(ws).close()
             raise TransportError(f"{url} did not accept the 'xmpp' WebSocket subprotocol")
         ws.settimeout(None)  # reply deadlines are kept per request by the client
         return cls(ws)
@@ -95,29 +126,92 @@ class WebSocketTransport:
             raise TransportError(f"send failed: {exc or type(exc).__name__}") from None
 
     def recv(self) -> str | None:
-        """The next text message, or None once the WebSocket is closed."""
+        """The next text message, or None once the WebSocket is closed.
+
+        Raises ``TransportError`` (``ProtocolViolation`` when the peer is at fault), never anything else.
+        """
+        ws = self._ws
         try:
-            data = self._ws.recv()
+            with ws.readlock:
+                opcode, data = ws.recv_data()
         except websocket.WebSocketConnectionClosedException:
             return None
+        except ProtocolViolation as exc:  # from _LimitedFrameBuffer
+            too_large = isinstance(exc, FrameTooLarge)
+            self.close(websocket.STATUS_MESSAGE_TOO_BIG if too_large else websocket.STATUS_PROTOCOL_ERROR)
+            raise
+        except (websocket.WebSocketProtocolException, websocket.WebSocketPayloadException) as exc:
+            self.close(websocket.STATUS_PROTOCOL_ERROR)
+            raise ProtocolViolation(f"WebSocket protocol violation: {_one_line(exc)}") from None
         except (OSError, websocket.WebSocketException) as exc:
-            raise TransportError(f"receive failed: {exc or type(exc).__name__}") from None
-        if isinstance(data, bytes):
-            raise TransportError("binary WebSocket message: RFC 7395 allows text messages only")
-        return data or None
+            raise TransportError(f"receive failed: {_one_line(exc)}") from None
+        except Exception as exc:  # a defect of websocket-client, or a state it did not expect
+            self.close(websocket.STATUS_UNEXPECTED_CONDITION)
+            raise TransportError(f"receive failed: {type(exc).__name__}: {_one_line(exc)}") from None
+        if opcode == websocket.ABNF.OPCODE_TEXT:
+            try:
+                return data.decode()
+            except UnicodeDecodeError:
+                self.close(websocket.STATUS_INVALID_PAYLOAD)
+                raise ProtocolViolation("invalid UTF-8 in a text frame") from None
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return None
+        self.close(websocket.STATUS_UNSUPPORTED_DATA_TYPE)
+        raise ProtocolViolation("binary WebSocket message: RFC 7395 allows text messages only")
 
-    def close(self) -> None:
+    def close(self, status: int = websocket.STATUS_NORMAL) -> None:
         """Send a WebSocket close frame and close the socket without waiting for the answer.
 
         websocket-client's own ``close()`` reads the peer's close frame under the read lock,
         which the reader greenlet holds while it waits: against a silent peer they deadlock.
-        Closing the socket instead wakes the reader with an error, which ends it.
+        Closing the socket instead wakes the reader with an error, which ends it. Closing twice
+        does nothing more.
         """
+        ws = self._ws
         try:
-            self._ws.send_close()
+            if ws.sock is not None:
+                ws.sock.settimeout(_CLOSE_SEND_TIMEOUT)
+            ws.send_close(status)
         except (OSError, websocket.WebSocketException):
             pass
-        self._ws.shutdown()
+        ws.shutdown()
+
+
+class _LimitedFrameBuffer(websocket.frame_buffer):
+    """websocket-client's frame reader, refusing a frame from its header, before reading its
+    payload, when the payload would take the message past ``max_size`` bytes (the running total
+    of a message in fragments counts), or a control frame past RFC 6455's 125 bytes."""
+
+    def __init__(self, recv_fn: Callable[[int], bytes], max_size: int) -> None:
+        super().__init__(recv_fn, skip_utf8_validation=True)
+        self.max_size = max_size
+        self._message_size = 0
+
+    def recv_length(self) -> None:
+        super().recv_length()
+        _fin, _rsv1, _rsv2, _rsv3, opcode, _mask, _bits = self.header
+        length = self.length
+        if opcode >= websocket.ABNF.OPCODE_CLOSE:  # control frames: close, ping, pong
+            if length > _MAX_CONTROL_FRAME:
+                raise ProtocolViolation(
+                    f"control frame of {length} bytes exceeds the {_MAX_CONTROL_FRAME}-byte limit of RFC 6455"
+                )
+        elif opcode == websocket.ABNF.OPCODE_CONT:
+            self._message_size += length
+            if self._message_size > self.max_size:
+                raise FrameTooLarge(
+                    f"fragmented message of {self._message_size} bytes exceeds the {self.max_size}-byte limit"
+                )
+        else:
+            self._message_size = length
+            if length > self.max_size:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds the {self.max_size}-byte limit")
+
+
+def _one_line(exc: BaseException, size: int = 200) -> str:
+    """An exception's message on one line, cut to ``size`` characters (some quote whole payloads)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= size else text[: size - 3] + "..."
 
 
 def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:

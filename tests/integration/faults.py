@@ -1,7 +1,8 @@
 """Tiny servers that inject transport faults Prosody cannot be made to produce: an HTTP 500 on
-the WebSocket upgrade, an upgrade never answered, and a WebSocket peer (with or without the
+the WebSocket upgrade, an upgrade never answered, a WebSocket peer (with or without the
 ``xmpp`` subprotocol) that answers the client's ``<open/>`` with a chosen frame (malformed,
-hostile, oversized, binary, a close frame, a redirect to itself) or with nothing. They stand in for a
+hostile, oversized, binary, a close frame, a redirect to itself) or with nothing, and one that
+announces a huge message and streams it for as long as the client reads. They stand in for a
 broken network or proxy, never for an XMPP server: every XMPP behaviour is tested on Prosody.
 """
 
@@ -83,18 +84,7 @@ def websocket_answering(frame: bytes | str | None, opcode: int = 0x1, protocol: 
     then sends ``frame`` (or stays silent)."""
 
     def handler(conn: socket.socket) -> None:
-        request = read_request(conn)
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in request.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key:")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
-        agreed = b"Sec-WebSocket-Protocol: " + protocol + b"\r\n" if protocol is not None else b""
-        conn.sendall(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n" + agreed + b"\r\n"
-        )
+        _upgrade(conn, protocol)
         conn.recv(65536)  # the client's <open/>
         if frame is not None:
             payload = frame.encode() if isinstance(frame, str) else frame
@@ -105,8 +95,61 @@ def websocket_answering(frame: bytes | str | None, opcode: int = 0x1, protocol: 
     return handler
 
 
-def _frame_header(opcode: int, length: int) -> bytes:
-    first = 0x80 | opcode
+def websocket_streaming(announced: int, fragment: int = 0, budget: int = 64 << 20, seconds: float = 10.0):
+    """A handler that upgrades, reads the client's <open/>, then announces a text message of
+    ``announced`` bytes, in one frame or (``fragment`` > 0) in frames of ``fragment`` bytes each
+    (a text frame, then continuations), and sends its payload for as long as the client reads it:
+    until ``budget`` bytes or ``seconds`` have gone, or the client closes."""
+    chunk = b"a" * 65536
+
+    def send_payload(conn: socket.socket, size: int, state: dict) -> bool:
+        while size > 0:
+            if state["sent"] >= budget or time.monotonic() > state["deadline"]:
+                return False
+            part = chunk if size >= len(chunk) else chunk[:size]
+            conn.sendall(part)
+            state["sent"] += len(part)
+            size -= len(part)
+        return True
+
+    def handler(conn: socket.socket) -> None:
+        _upgrade(conn)
+        conn.recv(65536)  # the client's <open/>
+        state = {"sent": 0, "deadline": time.monotonic() + seconds}
+        if not fragment:
+            conn.sendall(_frame_header(0x1, announced))
+            send_payload(conn, announced, state)
+            return
+        opcode, left = 0x1, announced
+        while left > 0:
+            size = min(fragment, left)
+            left -= size
+            conn.sendall(_frame_header(opcode, size, fin=left == 0))
+            if not send_payload(conn, size, state):
+                return
+            opcode = 0x0
+
+    return handler
+
+
+def _upgrade(conn: socket.socket, protocol: bytes | None = b"xmpp") -> None:
+    """Read the client's upgrade request and accept it, agreeing on ``protocol`` (or on none)."""
+    request = read_request(conn)
+    key = next(
+        line.split(b":", 1)[1].strip()
+        for line in request.split(b"\r\n")
+        if line.lower().startswith(b"sec-websocket-key:")
+    )
+    accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
+    agreed = b"Sec-WebSocket-Protocol: " + protocol + b"\r\n" if protocol is not None else b""
+    conn.sendall(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + accept + b"\r\n" + agreed + b"\r\n"
+    )
+
+
+def _frame_header(opcode: int, length: int, fin: bool = True) -> bytes:
+    first = (0x80 if fin else 0) | opcode
     if length < 126:
         return struct.pack("!BB", first, length)
     if length < 1 << 16:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import scramp
 
 from xmpp_user.core import events as ev
 from xmpp_user.core import sasl
@@ -111,54 +112,101 @@ def test_stream_management_failure_is_not_fatal() -> None:
     assert stream.receive_frame("<failed xmlns='urn:xmpp:sm:3'/>") == [ev.Ready("anon@localhost/r1", False)]
 
 
-def test_scram_sha1_rfc5802_vector(monkeypatch: pytest.MonkeyPatch) -> None:
-    mech = sasl.ScramSha1("user", "pencil", nonce="fyko+d2lbbFgONRv9qkxdawL")
-    assert mech.initial() == b"n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL"
-    reply = mech.challenge(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
-    assert reply == b"c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts="
-    mech.success(b"v=rmF9pqV8S7suAoZWja4dJRkFsKQ=")
-    bad = sasl.ScramSha1("user", "pencil", nonce="fyko+d2lbbFgONRv9qkxdawL")
-    bad.challenge(b"r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096")
-    with pytest.raises(sasl.SaslError, match="server signature does not verify"):
-        bad.success(b"v=AAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+def scram_server(mechanism: str, password: str) -> scramp.ScramServer:
+    """A SCRAM server side (scramp's) that knows ``password`` for any user."""
+    server_mech = scramp.ScramMechanism(mechanism)
+    auth_info = server_mech.make_auth_info(password, iteration_count=4096)
+    return server_mech.make_server(lambda _username: auth_info)
 
 
-def test_scram_key_derivation_is_cached(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    real = sasl.hashlib.pbkdf2_hmac
-    monkeypatch.setattr(sasl.hashlib, "pbkdf2_hmac", lambda *a: calls.append(a) or real(*a))
-    for _ in range(3):
-        mech = sasl.ScramSha1("cache-user", "pw-cache-test", nonce="abc")
-        mech.challenge(b"r=abcdef,s=c2FsdA==,i=4096")
-    assert len(calls) == 1
+def sasl_frame(name: str, payload: str) -> str:
+    return f"<{name} xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{sasl.b64(payload.encode())}</{name}>"
 
 
-def test_scram_refuses_a_nonce_that_does_not_extend_ours() -> None:
-    mech = sasl.ScramSha1("user", "pencil", nonce="mine")
-    with pytest.raises(sasl.SaslError, match="nonce"):
-        mech.challenge(b"r=other,s=QSXCR+Q6sek8bf92,i=4096")
+def sasl_payload(frame: str) -> str:
+    return sasl.unb64(parse_frame(frame).text).decode()
 
 
-def test_scram_negotiation_over_frames() -> None:
-    stream = XmppStream("reg.localhost", Credentials("SCRAM-SHA-1", "user", "pencil"))
+@pytest.mark.parametrize(
+    ("requested", "offered", "used"),
+    [
+        ("SCRAM", ["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"], "SCRAM-SHA-256"),
+        ("SCRAM", ["SCRAM-SHA-512", "SCRAM-SHA-1"], "SCRAM-SHA-512"),
+        ("SCRAM-SHA-1", ["SCRAM-SHA-1", "SCRAM-SHA-256"], "SCRAM-SHA-1"),
+    ],
+)
+def test_scram_negotiation_over_frames(requested: str, offered: list[str], used: str) -> None:
+    stream = XmppStream("reg.localhost", Credentials(requested, "user", "pencil"))
     stream.start()
     stream.data_to_send()
     stream.receive_frame(OPEN)
-    assert stream.receive_frame(features("SCRAM-SHA-1")) == [ev.AuthRequested("SCRAM-SHA-1")]
+    assert stream.receive_frame(features(*offered)) == [ev.AuthRequested(used)]
     (auth,) = stream.data_to_send()
-    assert "mechanism='SCRAM-SHA-1'" in auth
-    # A wrong server signature in <success/> is refused: the client aborts and closes.
-    stream._mechanism._nonce = "n"  # make the challenge below acceptable
-    stream._mechanism._first_bare = "n=user,r=n"
-    stream.receive_frame(
-        "<challenge xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>cj1ueHl6LHM9YzJGc2RBPT0saT00MDk2</challenge>"
-    )
-    assert stream.data_to_send()[0].startswith("<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
-    events = stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>dj1BQUFB</success>")
-    assert events[0].step == "auth" and "signature" in events[0].text
+    assert parse_frame(auth).get("mechanism") == used
+    server = scram_server(used, "pencil")
+    server.set_client_first(sasl_payload(auth))
+    assert stream.receive_frame(sasl_frame("challenge", server.get_server_first())) == []
+    (response,) = stream.data_to_send()
+    server.set_client_final(sasl_payload(response))
+    assert stream.receive_frame(sasl_frame("success", server.get_server_final())) == [ev.Authenticated(used)]
+    assert stream.state == State.RESTARTING
+
+
+def test_scram_refuses_a_server_that_does_not_know_the_password() -> None:
+    stream = XmppStream("reg.localhost", Credentials("SCRAM", "user", "pencil"))
+    stream.start()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(features("SCRAM-SHA-1"))
+    (_, auth) = stream.data_to_send()
+    # A server with another password's keys: it accepts no proof, but here it claims success with its signature.
+    server = scram_server("SCRAM-SHA-1", "not pencil")
+    server.set_client_first(sasl_payload(auth))
+    stream.receive_frame(sasl_frame("challenge", server.get_server_first()))
+    (response,) = stream.data_to_send()
+    with pytest.raises(scramp.ScramException):
+        server.set_client_final(sasl_payload(response))
+    events = stream.receive_frame(sasl_frame("success", "v=" + sasl.b64(b"\0" * 20)))
+    assert events == [
+        ev.NegotiationFailed(
+            "auth",
+            "client-error",
+            "SCRAM-SHA-1 server signature does not verify: the server does not know the password",
+        )
+    ]
     assert stream.data_to_send() == [
         "<abort xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
         "<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requested", "offered", "text"),
+    [
+        (
+            "SCRAM",
+            ["PLAIN", "SCRAM-SHA-1-PLUS"],
+            "SCRAM is not offered by the server (it offers PLAIN, SCRAM-SHA-1-PLUS)",
+        ),
+        ("SCRAM-SHA-256", ["SCRAM-SHA-1"], "SCRAM-SHA-256 is not offered by the server (it offers SCRAM-SHA-1)"),
+        ("SCRAM-SHA-512", [], "SCRAM-SHA-512 is not offered by the server (it offers none)"),
+    ],
+)
+def test_no_acceptable_scram_offered(requested: str, offered: list[str], text: str) -> None:
+    stream = XmppStream("reg.localhost", Credentials(requested, "u", "p"))
+    stream.start()
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(features(*offered)) == [ev.NegotiationFailed("auth", "unsupported-mechanism", text)]
+    assert stream.state == State.CLOSING
+
+
+def test_credentials_scramp_refuses_fail_the_auth_step() -> None:
+    stream = XmppStream("reg.localhost", Credentials("SCRAM", "user", "bad\u0007password"))
+    stream.start()
+    stream.receive_frame(OPEN)
+    assert stream.receive_frame(features("SCRAM-SHA-1")) == [
+        ev.NegotiationFailed(
+            "auth", "client-error", "SCRAM-SHA-1 cannot use these credentials: control characters forbidden"
+        )
     ]
 
 

@@ -14,7 +14,8 @@ from xmpp_user.core import ns
 from xmpp_user.core.errors import FrameError
 
 DEFAULT_MAX_FRAME = 1 << 20
-"""Largest frame accepted, in characters (1 MiB: room for a vCard with an avatar)."""
+"""Largest frame accepted, in characters (1 MiB: room for a vCard with an avatar). The transport
+applies the same number to the frame's bytes, from its header, before reading it."""
 
 _ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "'": "&apos;", '"': "&quot;"})
 _TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})

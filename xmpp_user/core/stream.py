@@ -232,17 +232,21 @@ class XmppStream:
 
     def _authenticate(self, offered: list[str]) -> list[ev.Event]:
         creds = self.credentials
-        if creds.mechanism not in offered:
+        mechanism = sasl.choose(creds.mechanism, offered)  # "SCRAM": the strongest SCRAM offered
+        if mechanism is None:
             return self._fail(
                 "auth",
                 "unsupported-mechanism",
                 f"{creds.mechanism} is not offered by the server (it offers {', '.join(offered) or 'none'})",
             )
-        self._mechanism = sasl.create(creds.mechanism, creds.username, creds.password)
+        try:
+            self._mechanism = sasl.create(mechanism, creds.username, creds.password)
+            initial = sasl.b64(self._mechanism.initial())
+        except sasl.SaslError as exc:
+            return self._fail("auth", "client-error", str(exc))
         self.state = State.AUTHENTICATING
-        initial = sasl.b64(self._mechanism.initial())
-        self._out.append(f"<auth xmlns='{ns.SASL}' mechanism='{creds.mechanism}'>{initial}</auth>")
-        return [ev.AuthRequested(creds.mechanism)]
+        self._out.append(f"<auth xmlns='{ns.SASL}' mechanism='{mechanism}'>{initial}</auth>")
+        return [ev.AuthRequested(mechanism)]
 
     def _on_sasl(self, element: Element, name: str) -> list[ev.Event]:
         if self.state != State.AUTHENTICATING or self._mechanism is None:

@@ -86,10 +86,12 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 class Lab:
     """A Prosody for load tests: anonymous logins on ``domain``, registered accounts on
-    ``registered_domain``, rooms on ``muc_domain``; WebSocket, BOSH and /metrics on ``http_port``."""
+    ``registered_domain`` (SCRAM-SHA-1) and ``scram_domain`` (every SCRAM Prosody has), rooms on
+    ``muc_domain``; WebSocket, BOSH and /metrics on ``http_port``."""
 
     domain = "localhost"
     registered_domain = "reg.localhost"
+    scram_domain = "scram.localhost"
     muc_domain = "muc.localhost"
 
     def __init__(
@@ -209,6 +211,7 @@ class Lab:
             log_level=self.log_level,
             domain=self.domain,
             registered_domain=self.registered_domain,
+            scram_domain=self.scram_domain,
             muc_domain=self.muc_domain,
         )
 
@@ -253,6 +256,7 @@ class Lab:
                     "websocket_url": self.websocket_url,
                     "domain": self.domain,
                     "registered_domain": self.registered_domain,
+                    "scram_domain": self.scram_domain,
                     "muc_domain": self.muc_domain,
                 },
                 indent=2,
