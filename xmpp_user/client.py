@@ -25,6 +25,7 @@ import gevent
 
 from xmpp_user.connection import Connection
 from xmpp_user.core import events as ev
+from xmpp_user.core.framing import DEFAULT_MAX_FRAME
 from xmpp_user.core.stanza import resource, stanza_error
 from xmpp_user.core.stream import Credentials, XmppStream
 from xmpp_user.features import carbons, disco, mam, muc, ping, roster, vcard
@@ -58,6 +59,7 @@ class XmppClient:
         register: bool = False,
         verify_tls: bool = True,
         source_address: str | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         self.url = url
         self.domain = domain
@@ -67,6 +69,10 @@ class XmppClient:
         self.resource = resource
         self.stream_management = stream_management
         self.register = register
+        self.max_frame = max_frame
+        """Longest frame accepted: refused by the transport from its header, and by the core."""
+        self.mechanism = ""
+        """The SASL mechanism the last session authenticated with."""
         self.requests = Requests(request_event)
         self.connection = Connection(
             self.requests,
@@ -76,6 +82,7 @@ class XmppClient:
             connect_timeout=connect_timeout,
             verify_tls=verify_tls,
             source_address=source_address,
+            max_frame=max_frame,
         )
         self.on_message: list[Callable[[Element], None]] = []
         """Called with each live message (not archive results) once its waiter, if any, is served."""
@@ -118,11 +125,12 @@ class XmppClient:
                 resource=self.resource,
                 stream_management=self.stream_management,
                 register=self.register,
+                max_frame=self.max_frame,
             )
             self.rooms.clear()
             redirect = self.connection.open(url, stream)
             if not redirect:
-                self.jid = stream.jid
+                self.jid, self.mechanism = stream.jid, stream.mechanism
                 return
             url = redirect
             log.info("redirected to %s", url)

@@ -35,7 +35,7 @@ from xmpp_user.core import events as ev
 from xmpp_user.core.errors import ProtocolError
 from xmpp_user.core.stream import XmppStream
 from xmpp_user.requests import Pending, Requests, XmppRequestFailed
-from xmpp_user.transport import TransportError, WebSocketTransport
+from xmpp_user.transport import ProtocolViolation, TransportError, WebSocketTransport
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Connection:
         connect_timeout: float,
         verify_tls: bool,
         source_address: str | None,
+        max_frame: int,
     ) -> None:
         self.requests = requests
         self._on_event = on_event
@@ -67,6 +68,7 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.verify_tls = verify_tls
         self.source_address = source_address
+        self.max_frame = max_frame
         self.life = Life.CLOSED
         self.last_error = ""
         """Why the last session ended or could not start; empty after a clean close."""
@@ -115,7 +117,9 @@ class Connection:
         self._ended = False
         connect = Pending("connect")
         try:
-            transport = WebSocketTransport.open(url, self.connect_timeout, self.verify_tls, self.source_address)
+            transport = WebSocketTransport.open(
+                url, self.connect_timeout, self.verify_tls, self.source_address, self.max_frame
+            )
         except TransportError as exc:
             self.requests.fail(connect, str(exc))
             self._end(str(exc), record=False)
@@ -215,6 +219,12 @@ class Connection:
         while True:
             try:
                 frame = transport.recv()
+            except ProtocolViolation as exc:
+                # The peer broke the WebSocket protocol; the transport has already closed the socket.
+                if self._transport is transport:
+                    self._end(str(exc))
+                    self._drop(transport)
+                return
             except TransportError as exc:
                 self._lost(transport, str(exc))
                 return

@@ -65,6 +65,13 @@ class Run:
     def phases(self) -> list[dict[str, str]]:
         return self.rows("phases")
 
+    @property
+    def console_total(self) -> tuple[int, int]:
+        """(requests, failures) of the 'Aggregated' row of the request table Locust printed last."""
+        row = [line for line in self.output.splitlines() if line.split()[:1] == ["Aggregated"] and "|" in line][-1]
+        count, failures = row.split()[1:3]
+        return int(count), int(failures.split("(")[0])
+
     def tail(self, lines: int = 40) -> str:
         return "\n".join(self.output.splitlines()[-lines:])
 

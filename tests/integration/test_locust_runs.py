@@ -131,8 +131,18 @@ def test_network_cut_mid_run_users_reconnect(lab, tmp_path: Path) -> None:
         ("livechat.py", ["--xmpp-auth", "scram", "--xmpp-credentials", "/nonexistent.csv"],
          "locust-xmpp: error: cannot read --xmpp-credentials /nonexistent.csv"),
         ("livechat.py", ["--viewers", "0"], ": error: argument --viewers: invalid positive int value: '0'"),
+        ("livechat.py", ["--talk-delay", "-1"],
+         ": error: argument --talk-delay: invalid non-negative float value: '-1'"),
+        ("livechat.py", ["--seed-wait", "-5"], ": error: argument --seed-wait: invalid non-negative float value: '-5'"),
+        ("livechat.py", ["--pause", "-100"], ": error: argument --pause: invalid non-negative float value: '-100'"),
+        ("jitsi.py", ["--hold", "-1"], ": error: argument --hold: invalid non-negative float value: '-1'"),
+        ("quickstart.py", ["--xmpp-credentials", "accounts.csv"],
+         "locust-xmpp: error: --xmpp-credentials needs --xmpp-auth plain or scram"),
+        ("quickstart.py", ["--xmpp-room", "bad room@x"],
+         "locust-xmpp: error: bad --xmpp-domain, --xmpp-muc or --xmpp-room: invalid JID"),
     ],
-    ids=["auth", "timeout", "accounts", "http-url", "bad-port", "credentials", "viewers"],
+    ids=["auth", "timeout", "accounts", "http-url", "bad-port", "credentials", "viewers", "talk-delay", "seed-wait",
+         "pause", "hold", "credentials-anonymous", "room"],
 )  # fmt: skip
 def test_bad_command_line_values_end_with_one_line(locustfile: str, args: list[str], message: str) -> None:
     argv = ["--headless", "-u", "1", "-r", "1", "-t", "2s", "--host", "ws://127.0.0.1:9/xmpp-websocket", *args]
@@ -201,6 +211,8 @@ def test_livechat_three_batches_exact_mix(lab, tmp_path: Path) -> None:
     assert truth["deviations"]["no_room_vcard"]["count"] == n
     assert run.output.count("Run differs from the plan: the room has no vCard") == 1
     assert run.count("message_delivery") == truth["delivered"]
+    # The stats file holds what the console table shows: the last leaves, made while users stopped, included.
+    assert run.console_total == run.stats["Aggregated"]
     assert_phases_in_order(
         run, ["seed", "seed-leave"] + [f"batch{b}-{s}" for b in (1, 2, 3) for s in ("join", "talk", "leave")]
     )

@@ -158,6 +158,11 @@ class XmppStream:
         return keys
 
     @property
+    def mechanism(self) -> str:
+        """The SASL mechanism chosen for this stream ('' before authentication starts)."""
+        return self._mechanism.name if self._mechanism is not None else ""
+
+    @property
     def pending_count(self) -> int:
         return len(self._pending)
 
