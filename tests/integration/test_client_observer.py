@@ -18,6 +18,7 @@ from typing import Any
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 import slixmpp
+from recorder import Recorder
 
 from xmpp_user.accounts import register_accounts
 from xmpp_user.client import XmppClient
@@ -208,17 +209,6 @@ class SlixmppObserver:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.names: list[str] = []
-        self.failures: list[str] = []
-
-    def fire(self, name: str, exception: Exception | None = None, **_kw: Any) -> None:
-        self.names.append(name)
-        if exception is not None:
-            self.failures.append(f"{name}: {exception}")
 
 
 @pytest.fixture(scope="module")

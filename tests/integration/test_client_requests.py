@@ -13,6 +13,7 @@ from xml.etree.ElementTree import fromstring
 import gevent
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
+from recorder import Recorder
 
 from xmpp_user.accounts import register_accounts
 from xmpp_user.client import NO_VCARD, XmppClient, XmppRequestFailed
@@ -26,28 +27,6 @@ PASSWORD = "secret"
 ACCOUNTS = [f"it-{n}" for n in range(3)]
 BODY = "{jabber:client}body"
 LOGINS = ["anonymous", "scram", "plain"]
-
-
-class Recorder:
-    """Stands in for Locust's ``events.request``: keeps every event fired."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-
-    def fire(self, **kwargs: Any) -> None:
-        self.events.append(kwargs)
-
-    @property
-    def names(self) -> list[str]:
-        return [e["name"] for e in self.events]
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        return [(e["name"], str(e["exception"])) for e in self.events if e["exception"] is not None]
-
-    def take(self) -> list[dict[str, Any]]:
-        events, self.events = self.events, []
-        return events
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import gevent
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from faults import FaultServer, TcpProxy, http_500, silent_http, websocket_answering
+from recorder import Recorder
 
 from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.stream import Credentials
@@ -22,20 +23,8 @@ BILLION_LAUGHS = (
 )
 
 
-class Events:
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str | None]] = []
-
-    def fire(self, name: str, exception=None, **_kw) -> None:
-        self.records.append((name, None if exception is None else str(exception)))
-
-    @property
-    def failures(self) -> list[tuple[str, str]]:
-        return [(n, e) for n, e in self.records if e is not None]
-
-
 def attempt(url: str, domain: str = "localhost", credentials: Credentials | None = None, timeout: float = 5):
-    events = Events()
+    events = Recorder()
     client = XmppClient(url, domain, credentials, request_event=events, timeout=timeout, connect_timeout=timeout)
     with pytest.raises(XmppRequestFailed) as raised:
         client.connect()
@@ -44,7 +33,7 @@ def attempt(url: str, domain: str = "localhost", credentials: Credentials | None
 
 
 def assert_still_works(lab) -> None:
-    events = Events()
+    events = Recorder()
     client = XmppClient(lab.websocket_url, lab.domain, request_event=events)
     client.connect()
     client.ping()
@@ -171,7 +160,7 @@ def test_redirect_loop_ends_as_a_recorded_failure(lab) -> None:
 
 
 def test_iq_error_and_lost_connection(lab) -> None:
-    events = Events()
+    events = Recorder()
     client = XmppClient(lab.websocket_url, lab.domain, request_event=events)
     client.connect()
     with pytest.raises(XmppRequestFailed, match="item-not-found"):
@@ -191,7 +180,7 @@ def test_iq_error_and_lost_connection(lab) -> None:
 
 def test_network_reset_mid_session(lab) -> None:
     with TcpProxy(("127.0.0.1", lab.http_port)) as proxy:
-        events = Events()
+        events = Recorder()
         client = XmppClient(proxy.url, lab.domain, request_event=events)
         client.connect()
         room = f"reset-{uuid.uuid4().hex[:8]}@{lab.muc_domain}"
@@ -218,7 +207,7 @@ def test_network_reset_mid_session(lab) -> None:
 
 def test_dead_link_mid_session(lab) -> None:
     with TcpProxy(("127.0.0.1", lab.http_port)) as proxy:
-        events = Events()
+        events = Recorder()
         client = XmppClient(proxy.url, lab.domain, request_event=events, timeout=0.5)
         client.connect()
         proxy.freeze()

@@ -11,7 +11,8 @@ from contextlib import contextmanager
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from faults import FaultServer, websocket_answering, websocket_streaming
-from test_failures import Events, assert_still_works, attempt
+from recorder import Recorder
+from test_failures import assert_still_works, attempt
 
 from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
@@ -83,7 +84,7 @@ def test_the_limit_is_exact_and_set_per_transport() -> None:
 
 
 def test_invalid_utf8_in_a_text_frame(lab) -> None:
-    events = Events()
+    events = Recorder()
     client = XmppClient("ws://unused.invalid/", "localhost", request_event=events, timeout=2, connect_timeout=2)
     with FaultServer(websocket_answering(b"<message>\xff\xfe</message>")) as server:
         client.url = server.url

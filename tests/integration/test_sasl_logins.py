@@ -9,7 +9,7 @@ import time
 
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
-from test_client_requests import Recorder
+from recorder import Recorder
 
 from xmpp_user.accounts import register_accounts
 from xmpp_user.client import XmppClient
