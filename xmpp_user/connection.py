@@ -47,6 +47,14 @@ class Life(enum.Enum):
     CLOSING = "closing"
 
 
+_ready_count = 0
+
+
+def ready_count() -> int:
+    """How many connections of this process are READY now: the sessions really open."""
+    return _ready_count
+
+
 class Connection:
     def __init__(
         self,
@@ -69,7 +77,7 @@ class Connection:
         self.verify_tls = verify_tls
         self.source_address = source_address
         self.max_frame = max_frame
-        self.life = Life.CLOSED
+        self._life = Life.CLOSED
         self.last_error = ""
         """Why the last session ended or could not start; empty after a clean close."""
         self.stream: XmppStream | None = None
@@ -96,8 +104,18 @@ class Connection:
         }
 
     @property
+    def life(self) -> Life:
+        return self._life
+
+    @life.setter
+    def life(self, life: Life) -> None:
+        global _ready_count
+        _ready_count += (life is Life.READY) - (self._life is Life.READY)
+        self._life = life
+
+    @property
     def ready(self) -> bool:
-        return self.life is Life.READY
+        return self._life is Life.READY
 
     def require_ready(self) -> XmppStream:
         """The stream, if stanzas may be sent now; otherwise XmppRequestFailed at once (nothing recorded)."""

@@ -39,6 +39,7 @@ from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunne
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
 from xmpp_user import phases
+from xmpp_user.connection import ready_count
 from xmpp_user.deviations import DEVIATIONS, Deviations
 from xmpp_user.truth import TALLY, Tally
 
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 TRUTH_KEY = "xmpp_truth"
 """Key of the tally in a worker's report to the master."""
 DEVIATIONS_KEY = "xmpp_deviations"
+CONNECTED_KEY = "xmpp_connected"
+"""Key of the number of sessions a worker has open, in its reports."""
 ROUTE = "/xmpp/truth"
 """Web UI route serving ``summary()`` as JSON."""
 EXIT_PROBLEM = 1
@@ -63,6 +66,8 @@ class _Run:
         """Groups (``w<index>``) of the workers that went missing, with their last user count."""
         self.worker_users: dict[str, int] = {}
         """Last user count each worker reported, by client id."""
+        self.worker_connected: dict[str, int] = {}
+        """Sessions each worker had open at its last report, by client id."""
         self.reported: dict[str, Any] | None = None
         """What was last written, so a run that ends twice (test_stop, quitting) reports once."""
         self.stopping = False
@@ -109,6 +114,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             # No greenlet switch between reading and zeroing, so no count falls between two reports.
             data[TRUTH_KEY] = tally.as_dict()
             data[DEVIATIONS_KEY] = deviations.as_dict()
+            data[CONNECTED_KEY] = ready_count()
             tally.reset()
             deviations.reset()
 
@@ -122,6 +128,8 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
         deviations.merge(data.get(DEVIATIONS_KEY) or {})
         if "user_count" in data:
             run.worker_users[client_id] = int(data["user_count"])
+        if CONNECTED_KEY in data:
+            run.worker_connected[client_id] = int(data[CONNECTED_KEY])
 
     def on_test_start(**_kw: Any) -> None:
         tally.reset()
@@ -154,6 +162,14 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
     events.quit.add_listener(on_quit)
     if isinstance(runner, MasterRunner):
         gevent.spawn(_watch_workers, runner, run)
+
+        def connected() -> int:
+            live = {c.id for c in runner.clients.values() if c.state != STATE_MISSING}
+            return sum(n for client_id, n in run.worker_connected.items() if client_id in live)
+
+        phases.connected_sessions = connected
+    else:
+        phases.connected_sessions = ready_count
     _stop_on_sigterm(environment)
 
     web_ui = environment.web_ui

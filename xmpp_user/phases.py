@@ -55,7 +55,9 @@ MESSAGE = "xmpp_phase"
 """Custom message type of the master's phase broadcast."""
 OPTION = "xmpp_phase"
 """Attribute of ``parsed_options`` through which spawn messages carry the phase."""
-CSV_COLUMNS = ("phase", "start_iso", "end_iso", "start_unix", "end_unix", "users", "params_json")
+CSV_COLUMNS = (
+    "phase", "start_iso", "end_iso", "start_unix", "end_unix", "users", "connected_min", "connected_max", "params_json",
+)  # fmt: skip
 
 
 @dataclass
@@ -77,6 +79,9 @@ class Phase:
 
 on_phase_change: list[Callable[[Phase], None]] = []
 """Called with the new phase, once per change, on every process that has installed this module."""
+connected_sessions: Callable[[], int | None] | None = None
+"""How many sessions are really open now across the run (set by ``xmpp_user.outcome``); sampled at
+every tick into each phase's ``connected_min`` and ``connected_max``, beside its planned ``users``."""
 
 _EPOCH = time.time()
 """Orders the phases of a restarted master after those of the previous one."""
@@ -185,6 +190,7 @@ class PhasedShape(LoadTestShape):
             self._begin_run()
         if index != self._index:
             self._enter(index)
+        self._sample_connected()
         self._publish()
         if index >= len(self._phases):
             self.end_run()
@@ -258,6 +264,15 @@ class PhasedShape(LoadTestShape):
         }
         _adopt(self._state, phase)
 
+    def _sample_connected(self) -> None:
+        count = connected_sessions() if connected_sessions is not None else None
+        if count is None or not _log or _log[-1]["end_unix"] is not None:
+            return
+        entry = _log[-1]
+        low, high = entry["connected_min"], entry["connected_max"]
+        entry["connected_min"] = count if low is None else min(low, count)
+        entry["connected_max"] = count if high is None else max(high, count)
+
     def _close(self, now: float) -> None:
         if _log and _log[-1]["end_unix"] is None:
             _log[-1].update(end_unix=now, end_iso=_iso(now))
@@ -283,7 +298,8 @@ class PhasedShape(LoadTestShape):
             writer = csv.writer(f)
             writer.writerow(CSV_COLUMNS)
             for e in _log:
-                row = [e["phase"], e["start_iso"], e["end_iso"], e["start_unix"], e["end_unix"], e["users"]]
+                row = [e["phase"], e["start_iso"], e["end_iso"], e["start_unix"], e["end_unix"], e["users"],
+                       e["connected_min"], e["connected_max"]]  # fmt: skip
                 writer.writerow([*row, json.dumps(e["params"], sort_keys=True)])
         with open(f"{prefix}_phases.json", "w", encoding="utf-8") as f:
             json.dump(_log, f, indent=2)
@@ -302,6 +318,8 @@ def _entry(phase: Phase, start: float, end: float | None, skipped: bool = False)
         "start_unix": start,
         "end_unix": end,
         "users": phase.users,
+        "connected_min": None,
+        "connected_max": None,
         "spawn_rate": phase.spawn_rate,
         "params": phase.params,
         "skipped": skipped,

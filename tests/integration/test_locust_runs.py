@@ -217,6 +217,9 @@ def test_livechat_three_batches_exact_mix(lab, tmp_path: Path) -> None:
         run, ["seed", "seed-leave"] + [f"batch{b}-{s}" for b in (1, 2, 3) for s in ("join", "talk", "leave")]
     )
     assert [int(p["users"]) for p in run.phases] == [2, 0] + [n, n, 0] * 3
+    # Sessions really open: every viewer all through each talk phase.
+    talks = [p for p in run.phases if p["phase"].endswith("-talk")]
+    assert [(int(p["connected_min"]), int(p["connected_max"])) for p in talks] == [(n, n)] * 3
     # Read back independently: the archive holds every message once, each with its marker.
     archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
     assert len(archive) == truth["sent"]

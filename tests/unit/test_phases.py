@@ -62,6 +62,7 @@ def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
         ("_current_key", (0.0, 0)),
         ("_log", []),
         ("_worker_environment", None),
+        ("connected_sessions", None),
     ]:
         monkeypatch.setattr(phases, name, value)
 
@@ -115,6 +116,8 @@ def test_current_phase_and_log_follow_the_run(local: PhasedShape, clock: _Clock)
             "start_unix": T0 + 0.5,
             "end_unix": None,
             "users": 100,
+            "connected_min": None,
+            "connected_max": None,
             "spawn_rate": 10,
             "params": {"vcards": True},
             "skipped": False,
@@ -125,6 +128,16 @@ def test_current_phase_and_log_follow_the_run(local: PhasedShape, clock: _Clock)
     assert [e["phase"] for e in log] == ["join", "talk", "leave"]
     assert [(e["start_unix"] - T0, e["end_unix"] - T0) for e in log] == [(0.5, 11), (11, 31), (31, 36)]
     assert all(e["end_iso"].endswith("+00:00") for e in log)
+
+
+def test_each_phase_records_the_sessions_really_open(local: PhasedShape, clock: _Clock) -> None:
+    open_now = iter([0, 40, 100, 100, 97, 100, 100, 12, 0])
+    phases.connected_sessions = lambda: next(open_now)
+    _run(local, clock, [0, 5, 9, 10, 20, 29, 30, 33, 35])
+    log = phases.phase_log()
+    assert [(e["phase"], e["users"], e["connected_min"], e["connected_max"]) for e in log] == [
+        ("join", 100, 0, 100), ("talk", 100, 97, 100), ("leave", 0, 12, 100),
+    ]  # fmt: skip
 
 
 def test_callbacks_fire_once_per_change(local: PhasedShape, clock: _Clock) -> None:
