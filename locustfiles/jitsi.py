@@ -24,7 +24,6 @@ from xml.etree.ElementTree import Element
 from locust import events, task
 
 from xmpp_user import XmppUser, phases
-from xmpp_user.client import XmppRequestFailed
 from xmpp_user.features import jitsi
 from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
 from xmpp_user.phases import Phase, PhasedShape
@@ -103,16 +102,10 @@ class Participant(XmppUser):
         self.ensure_connected()
         self.xmpp.ping()
 
-    def on_stop(self) -> None:
-        try:
-            if self.xmpp.connected:
-                if self.room in self.xmpp.rooms:
-                    self.xmpp.muc_leave(self.room)
-                self.xmpp.send_stanza("<presence xmlns='jabber:client' type='unavailable'/>")
-        except XmppRequestFailed:
-            pass
-        finally:
-            super().on_stop()
+    def on_leave(self) -> None:
+        if self.room in self.xmpp.rooms:
+            self.xmpp.muc_leave(self.room)
+        self.xmpp.send_stanza("<presence xmlns='jabber:client' type='unavailable'/>")
 
 
 class JitsiBatches(PhasedShape):

@@ -95,14 +95,9 @@ class _RoomUser(XmppUser):
         self.talker = Talker(self.xmpp, outcome.sender_id(self.environment), self.environment.events.request)
         super().on_start()
 
-    def on_stop(self) -> None:
-        try:
-            if self.xmpp.connected and self.room in self.xmpp.rooms:
-                self.xmpp.muc_leave(self.room)
-        except XmppRequestFailed:
-            pass
-        finally:
-            super().on_stop()
+    def on_leave(self) -> None:
+        if self.room in self.xmpp.rooms:
+            self.xmpp.muc_leave(self.room)
 
 
 class ArchiveSeeder(_RoomUser):

@@ -148,6 +148,12 @@ class XmppClient:
         """Drop the connection at once; requests still in flight are cancelled."""
         self.connection.abort()
 
+    def cancel_all(self) -> None:
+        """Stop waiting for every request in flight, without a record (the user is going away);
+        the session stays open."""
+        stream = self.connection.stream
+        self.requests.end_all(stream.drop_pending() if stream is not None else (), None)
+
     def send_stanza(self, stanza: str) -> None:
         """Send a stanza that has no reply to wait for (e.g. a global unavailable presence)."""
         self.connection.require_ready().send(stanza)
@@ -418,8 +424,9 @@ class XmppClient:
             pending = requests.joins.pop(room.jid, None)
             if pending is not None:
                 requests.complete(pending, element)
-        elif is_new and room.joined:
-            # Occupants listed before our own presence are the initial list, not joiners.
+        elif is_new and room.joined and not room.leaving:
+            # Occupants listed before our own presence are the initial list, not joiners; and a
+            # room we are leaving is no place for new requests (it answers them not-acceptable).
             for callback in self.on_occupant_joined:
                 callback(room, nick)
 

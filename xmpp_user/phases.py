@@ -275,7 +275,15 @@ class PhasedShape(LoadTestShape):
 
     def _close(self, now: float) -> None:
         if _log and _log[-1]["end_unix"] is None:
-            _log[-1].update(end_unix=now, end_iso=_iso(now))
+            entry = _log[-1]
+            entry.update(end_unix=now, end_iso=_iso(now))
+            steady = len(_log) > 1 and _log[-2]["users"] == entry["users"] > 0
+            if steady and entry["connected_max"] is not None and entry["connected_max"] < entry["users"]:
+                DEVIATIONS.note(
+                    "users_short",
+                    f"in phase {entry['phase']!r} at most {entry['connected_max']} of the {entry['users']} "
+                    "planned users had a session open",
+                )
 
     def _publish(self) -> None:
         """Tell workers the current phase: by message now, and with every later spawn message."""

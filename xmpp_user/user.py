@@ -106,8 +106,19 @@ class XmppUser(User):
         self._backoff = 0.0
 
     def on_stop(self) -> None:
-        """Subclasses leave their rooms first, then call this."""
-        self.xmpp.close(self.close_timeout)
+        """Stop as a user closing the app: what is in flight is cancelled (nothing of it is the
+        server's fault), ``on_leave`` says goodbye, and the session closes."""
+        try:
+            if self.xmpp.connected:
+                self.xmpp.cancel_all()
+                self.on_leave()
+        except XmppRequestFailed:
+            pass  # recorded, or the session is gone
+        finally:
+            self.xmpp.close(self.close_timeout)
+
+    def on_leave(self) -> None:
+        """Called when the user stops with its session open, before it closes: leave rooms here."""
 
     def _record_config_error(self) -> None:
         self.environment.events.request.fire(

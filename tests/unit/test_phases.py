@@ -17,6 +17,7 @@ from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 
 from xmpp_user import phases
+from xmpp_user.deviations import Deviations
 from xmpp_user.phases import Phase, PhasedShape
 
 T0 = 1_700_000_000.0
@@ -138,6 +139,20 @@ def test_each_phase_records_the_sessions_really_open(local: PhasedShape, clock: 
     assert [(e["phase"], e["users"], e["connected_min"], e["connected_max"]) for e in log] == [
         ("join", 100, 0, 100), ("talk", 100, 97, 100), ("leave", 0, 12, 100),
     ]  # fmt: skip
+
+
+def test_a_steady_phase_short_of_users_says_so(
+    local: PhasedShape, clock: _Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deviations = Deviations()
+    monkeypatch.setattr(phases, "DEVIATIONS", deviations)
+    open_now = iter([100, 100, 45, 60, 10, 0, 0])
+    phases.connected_sessions = lambda: next(open_now)
+    _run(local, clock, [0, 9, 10, 29, 30, 34, 35])
+    # The join reached 100; the talk (steady at 100 planned) never had more than 60 open; the leave is not steady.
+    assert deviations.as_dict() == {
+        "users_short": {"count": 1, "message": "in phase 'talk' at most 60 of the 100 planned users had a session open"}
+    }
 
 
 def test_callbacks_fire_once_per_change(local: PhasedShape, clock: _Clock) -> None:
