@@ -16,16 +16,17 @@ def register_accounts(
     password: str = "secret",
     concurrency: int = 50,
     timeout: float = 20.0,
+    mechanism: str = "SCRAM-SHA-1",
 ) -> int:
     """Register ``pattern.format(n=0..count-1)``; existing accounts count as done.
 
-    Each account logs in once with SCRAM-SHA-1 after registering, which proves the password
+    Each account logs in once with ``mechanism`` after registering, which proves the password
     works. Returns the number of usable accounts; raises RuntimeError naming the first failure.
     """
     failures: list[str] = []
 
     def register(n: int) -> None:
-        creds = Credentials("SCRAM-SHA-1", pattern.format(n=n), password)
+        creds = Credentials(mechanism, pattern.format(n=n), password)
         client = XmppClient(url, domain, creds, register=True, timeout=timeout, connect_timeout=timeout)
         try:
             client.connect()
