@@ -39,7 +39,9 @@ SERVER_DIR_PREFIX = "locust-xmpp-ejabberd-"
 LOG_LEVELS = {"warn": "warning", "info": "info", "debug": "debug"}
 # SCRAM-SHA-256 for stored passwords (auth_scram_hash: sha256). ejabberd then offers PLAIN and
 # SCRAM-SHA-256 on the account host, no SCRAM-SHA-1: stored keys fit one hash function only.
+# "sha" (ejabberd's default) would offer SCRAM-SHA-1 instead.
 SCRAM_HASH = "sha256"
+SCRAM_MECHANISM = {"sha": "SCRAM-SHA-1", "sha256": "SCRAM-SHA-256", "sha512": "SCRAM-SHA-512"}[SCRAM_HASH]
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -48,8 +50,8 @@ class EjabberdLab(Lab):
     name = "ejabberd"
     install_hint = "ejabberd is not installed: run  sudo apt-get install -y --no-install-recommends ejabberd"
     storages = ("internal",)  # Mnesia on disk, fresh on every start; ejabberd has no memory-only store
-    scram_mechanism = "SCRAM-SHA-256"
-    sasl_mechanisms = {"localhost": ("ANONYMOUS", "PLAIN"), "reg.localhost": ("PLAIN", "SCRAM-SHA-256")}
+    scram_mechanism = SCRAM_MECHANISM
+    sasl_mechanisms = {"localhost": ("ANONYMOUS", "PLAIN"), "reg.localhost": ("PLAIN", SCRAM_MECHANISM)}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
