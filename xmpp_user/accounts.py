@@ -16,17 +16,17 @@ def register_accounts(
     password: str = "secret",
     concurrency: int = 50,
     timeout: float = 20.0,
+    mechanism: str = "SCRAM",
 ) -> int:
     """Register ``pattern.format(n=0..count-1)``; existing accounts count as done.
 
-    Each account logs in once with the strongest SCRAM the server offers after registering,
-    which proves the password works. Returns the number of usable accounts; raises
-    RuntimeError naming the first failure.
+    Each account logs in once with ``mechanism`` (by default the strongest SCRAM the server
+    offers) after registering, which proves the password works. Returns the number of usable accounts; raises RuntimeError naming the first failure.
     """
     failures: list[str] = []
 
     def register(n: int) -> None:
-        creds = Credentials("SCRAM", pattern.format(n=n), password)
+        creds = Credentials(mechanism, pattern.format(n=n), password)
         client = XmppClient(url, domain, creds, register=True, timeout=timeout, connect_timeout=timeout)
         try:
             client.connect()

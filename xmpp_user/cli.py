@@ -12,7 +12,16 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from xmpp_user.lab.lab import DEFAULT_C2S_PORT, DEFAULT_HTTP_PORT, LOG_LEVELS, STORAGES, Lab, LabError
+from xmpp_user.lab.lab import (
+    DEFAULT_C2S_PORT,
+    DEFAULT_HTTP_PORT,
+    LOG_LEVELS,
+    ROOMS,
+    SERVERS,
+    STORAGES,
+    Lab,
+    LabError,
+)
 
 PROG = "locust-xmpp"
 EXIT_OK, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 2, 3
@@ -57,18 +66,26 @@ def _add_run_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level)
-    wanted = (args.c2s_port, args.http_port)
+    lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level,
+              server=args.server, rooms=args.rooms)  # fmt: skip
+    wanted = (args.c2s_port, args.http_port, args.rooms)
     started = lab.up(timeout=args.timeout)
-    print(f"lab {'started' if started else 'already running'}: pid {lab.pid}, run dir {lab.run_dir}")
-    if not started and wanted != (lab.c2s_port, lab.http_port):
-        print(f"  (still on its old ports: run  {PROG} lab down  first to change them)")
+    state = "started" if started else "already running"
+    print(f"lab {state}: {lab.server}, pid {lab.pid}, run dir {lab.run_dir}")
+    if not started and wanted != (lab.c2s_port, lab.http_port, lab.rooms):
+        print(f"  (still on its old ports and room setting: run  {PROG} lab down  first to change them)")
     print(f"  WebSocket   {lab.websocket_url}")
     print(f"  c2s         {lab.c2s_address[0]}:{lab.c2s_address[1]}")
-    print(f"  metrics     {lab.metrics_url}")
+    print(f"  metrics     {_metrics(lab.metrics_url, lab.server)}")
     print(f"  domains     {lab.domain} (anonymous), {lab.registered_domain} (accounts), {lab.muc_domain} (rooms)")
-    print(f"              {lab.scram_domain} (accounts, every SCRAM Prosody has; for mechanism tests)")
+    if scram_domain := getattr(lab, "scram_domain", ""):
+        print(f"              {scram_domain} (accounts, every SCRAM {lab.name} has; for mechanism tests)")
+    print(f"  rooms       {lab.rooms}")
     return EXIT_OK
+
+
+def _metrics(url: str | None, server: str) -> str:
+    return url or f"none ({server} has no metrics endpoint; lab status shows its CPU and memory)"
 
 
 def lab_down(args: argparse.Namespace) -> int:
@@ -82,9 +99,10 @@ def lab_status(args: argparse.Namespace) -> int:
     if not status["running"]:
         print(f"lab not running (run dir {status['run_dir']})")
         return EXIT_NOT_RUNNING
-    print(f"lab running: pid {status['pid']}, run dir {status['run_dir']}")
+    print(f"lab running: {status['server']}, pid {status['pid']}, run dir {status['run_dir']}")
     print(f"  WebSocket   {status['websocket_url']}")
-    print(f"  metrics     {status['metrics_url']}")
+    print(f"  metrics     {_metrics(status['metrics_url'], status['server'])}")
+    print(f"  rooms       {status['rooms']}")
     print(f"  CPU         {status['cpu_seconds']:.2f} s")
     print(f"  RSS         {status['rss_bytes'] / 2**20:.1f} MiB")
     return EXIT_OK
@@ -127,18 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Load tests for XMPP servers over WebSocket.")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
 
-    lab = commands.add_parser("lab", help="a private Prosody on loopback to test against")
+    lab = commands.add_parser("lab", help="a private Prosody or ejabberd on loopback to test against")
     lab_commands = lab.add_subparsers(metavar="ACTION", required=True)
 
     up = lab_commands.add_parser("up", help="start the lab (does nothing if it runs already)")
     _add_run_dir(up)
+    up.add_argument("--server", choices=SERVERS, default="prosody",
+                    help="prosody (0.12, the default) or ejabberd (23.01); both from Debian packages")
+    up.add_argument("--rooms", choices=ROOMS, default="persistent",
+                    help="persistent (rooms outlive their occupants, archived, open at once; the default) or "
+                         "stock (the server's own defaults for room lifetime, locking and archiving)")
     up.add_argument("--c2s-port", type=_port, default=DEFAULT_C2S_PORT, metavar="N")
     up.add_argument("--http-port", type=_port, default=DEFAULT_HTTP_PORT, metavar="N",
-                    help=f"WebSocket, BOSH and /metrics (default {DEFAULT_HTTP_PORT})")
+                    help=f"WebSocket, BOSH and Prosody's /metrics (default {DEFAULT_HTTP_PORT})")
     up.add_argument("--storage", choices=STORAGES, default="internal",
-                    help="internal (files, fresh on each up) or memory (default internal)")
+                    help="internal (files, fresh on each up; Mnesia for ejabberd) or memory (Prosody only; "
+                         "default internal)")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="warn",
-                    help="Prosody's log level; anything below warn costs CPU under load")
+                    help="the server's log level; anything below warn costs CPU under load")
     up.add_argument("--timeout", type=float, default=20, help=argparse.SUPPRESS)
     up.set_defaults(command="lab up")
 

@@ -1,79 +1,62 @@
-"""A private Prosody on loopback, for tests, benchmarks and demos.
+"""A private XMPP server on loopback for tests, benchmarks and demos: what every lab server shares.
 
-The lab renders ``prosody.cfg.lua.in`` into a run directory, starts ``prosody -F`` in the background
-and records its PID and ports in ``RUN/lab.json``; ``down`` and ``status`` find it again from there.
+``Lab(run_dir, ..., server="prosody" | "ejabberd", rooms="persistent" | "stock")`` makes the lab of
+that server: ``ProsodyLab`` (prosody.py) or ``EjabberdLab`` (ejabberd.py). A lab renders its server's
+config template from this package, starts the server in the foreground as a background process and
+records its PIDs and ports in ``RUN/lab.json``; ``down``, ``status`` and ``Lab.from_record`` find it
+again from there. Both servers serve the same names: anonymous logins on ``domain``, accounts on
+``registered_domain``, rooms on ``muc_domain``, WebSocket and BOSH on ``http_port``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
-from string import Template
 from typing import Any
 
-TEMPLATE = Path(__file__).with_name("prosody.cfg.lua.in")
-INSTALL_HINT = "Prosody is not installed: run  sudo apt-get install -y prosody"
+from xmpp_user.lab.procs import (  # noqa: F401  (free_port and the process helpers are this module's API too)
+    free_port,
+    port_in_use,
+    port_open,
+    process_cpu_seconds,
+    process_rss_bytes,
+    raise_open_files_limit,
+)
+
+SERVERS = ("prosody", "ejabberd")
+# persistent: rooms outlive their last occupant, are archived and open at once (load tests);
+# stock: each server's own defaults for room lifetime, locking and archiving (see the templates).
+ROOMS = ("persistent", "stock")
 STORAGES = ("internal", "memory")
 LOG_LEVELS = ("warn", "info", "debug")
 DEFAULT_C2S_PORT = 15222
 DEFAULT_HTTP_PORT = 15280
-# No proxy for loopback, whatever http_proxy says.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+INSTALL_HINT = "Prosody is not installed: run  sudo apt-get install -y prosody"  # the default server's
 
 
 class LabError(RuntimeError):
     """An expected failure of the lab, with a one-line message for the user."""
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for tests; another process may take it later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def server_class(name: str) -> type[Lab]:
+    # Imported here: the server modules import this one.
+    from xmpp_user.lab.ejabberd import EjabberdLab
+    from xmpp_user.lab.prosody import ProsodyLab
+
+    classes: dict[str, type[Lab]] = {"prosody": ProsodyLab, "ejabberd": EjabberdLab}
+    if name not in classes:
+        raise LabError(f"unknown server {name!r} (choose from {', '.join(SERVERS)})")
+    return classes[name]
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        # Prosody binds with SO_REUSEADDR too, so sockets in TIME_WAIT do not count as "in use".
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc/PID/stat."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        stat = f.read()
-    # The command name may contain spaces and parentheses: split after the last ')'.
-    fields = stat[stat.rindex(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc/PID/status."""
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0  # a zombie has no VmRSS line
-
-
-def _port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+def _choose(what: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise LabError(f"unknown {what} {value!r} (choose from {', '.join(choices)})")
+    return value
 
 
 def _tail(path: Path, lines: int = 3) -> str:
@@ -85,14 +68,25 @@ def _tail(path: Path, lines: int = 3) -> str:
 
 
 class Lab:
-    """A Prosody for load tests: anonymous logins on ``domain``, registered accounts on
-    ``registered_domain`` (SCRAM-SHA-1) and ``scram_domain`` (every SCRAM Prosody has), rooms on
-    ``muc_domain``; WebSocket, BOSH and /metrics on ``http_port``."""
+    """One lab server; ``Lab(...)`` returns the subclass named by ``server`` (default Prosody)."""
 
+    server = ""  # "prosody" or "ejabberd", set by each subclass
+    name = ""  # for messages: "Prosody", "ejabberd"
+    install_hint = ""
+    storages = STORAGES
+    # The SCRAM mechanism the registered host offers (beside PLAIN), and SASL mechanisms per host.
+    scram_mechanism = ""
+    sasl_mechanisms: dict[str, tuple[str, ...]] = {}
     domain = "localhost"
     registered_domain = "reg.localhost"
-    scram_domain = "scram.localhost"
     muc_domain = "muc.localhost"
+
+    def __new__(cls, *args: Any, server: str | None = None, **kwargs: Any) -> Lab:
+        if cls is Lab:
+            cls = server_class(server or "prosody")
+        elif server not in (None, cls.server):
+            raise LabError(f"{cls.__name__} is the {cls.server} lab, not {server!r}")
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -101,49 +95,53 @@ class Lab:
         http_port: int = DEFAULT_HTTP_PORT,
         storage: str = "internal",
         log_level: str = "warn",
+        *,
+        server: str | None = None,
+        rooms: str = "persistent",
     ) -> None:
-        if storage not in STORAGES:
-            raise LabError(f"unknown storage {storage!r} (choose from {', '.join(STORAGES)})")
-        if log_level not in LOG_LEVELS:
-            raise LabError(f"unknown log level {log_level!r} (choose from {', '.join(LOG_LEVELS)})")
         self.run_dir = Path(run_dir).resolve()
         self.c2s_port = c2s_port
         self.http_port = http_port
-        self.storage = storage
-        self.log_level = log_level
+        self.storage = _choose("storage", storage, STORAGES)
+        self.log_level = _choose("log level", log_level, LOG_LEVELS)
+        self.rooms = _choose("room setting", rooms, ROOMS)
+        if storage not in self.storages:
+            raise LabError(f"the {self.server} lab has no {storage} storage (choose from {', '.join(self.storages)})")
         self._proc: subprocess.Popen[bytes] | None = None
+        self._server_pid: int | None = None
 
     @classmethod
     def from_record(cls, run_dir: str | Path = ".lab") -> Lab:
-        """The lab recorded in ``run_dir`` (its ports and storage), or a default one if none is."""
-        lab = cls(run_dir)
-        record = lab._read_record()
+        """The lab recorded in ``run_dir`` (its server, ports and settings), or a default one if none is."""
+        record = _read_record(Path(run_dir).resolve() / "lab.json")
+        lab = Lab(run_dir, server=record.get("server", "prosody") if record else None)
         if record:
-            lab.c2s_port, lab.http_port = record["c2s_port"], record["http_port"]
-            lab.storage, lab.log_level = record.get("storage", lab.storage), record.get("log_level", lab.log_level)
+            lab._restore(record)
         return lab
 
-    # Paths and addresses
+    def _restore(self, record: dict[str, Any]) -> None:
+        self.c2s_port, self.http_port = record["c2s_port"], record["http_port"]
+        self.storage = record.get("storage", self.storage)
+        self.log_level = record.get("log_level", self.log_level)
+        self.rooms = record.get("rooms", "persistent")
 
-    @property
-    def config_path(self) -> Path:
-        return self.run_dir / "prosody.cfg.lua"
+    # Paths and addresses
 
     @property
     def record_path(self) -> Path:
         return self.run_dir / "lab.json"
 
     @property
+    def config_path(self) -> Path:
+        raise NotImplementedError
+
+    @property
     def log_path(self) -> Path:
-        return self.run_dir / "prosody.log"
+        raise NotImplementedError
 
     @property
     def console_path(self) -> Path:
-        return self.run_dir / "prosody.out"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.run_dir / "data"
+        return self.run_dir / f"{self.server}.out"
 
     @property
     def websocket_url(self) -> str:
@@ -154,8 +152,9 @@ class Lab:
         return f"http://127.0.0.1:{self.http_port}/http-bind"
 
     @property
-    def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/metrics"
+    def metrics_url(self) -> str | None:
+        """The OpenMetrics endpoint, or None for a server without one (ejabberd)."""
+        return None
 
     @property
     def c2s_address(self) -> tuple[str, int]:
@@ -165,35 +164,26 @@ class Lab:
 
     @property
     def pid(self) -> int | None:
-        """PID of this lab's Prosody, or None if it is not running."""
+        """PID of this lab's server process (the one doing the work), or None if it is not running."""
         record = self._read_record()
-        pid = record.get("pid") if record else None
-        return pid if pid and self._is_ours(pid) else None
+        if not record or record.get("server", "prosody") != self.server:
+            return None
+        pid = record.get("pid")
+        return pid if pid and self._is_server(pid, record) else None
 
     @property
     def running(self) -> bool:
         return self.pid is not None
 
     def _read_record(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.record_path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def _is_ours(self, pid: int) -> bool:
-        # A recycled PID or a zombie must not pass for our server: match the config path in its command line.
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return os.fsencode(self.config_path) in cmdline
+        return _read_record(self.record_path)
 
     def cpu_seconds(self) -> float:
-        """CPU time (user + system) Prosody has used so far."""
+        """CPU time (user + system) the server has used so far."""
         return process_cpu_seconds(self._require_pid())
 
     def rss_bytes(self) -> int:
-        """Prosody's resident memory."""
+        """The server's resident memory."""
         return process_rss_bytes(self._require_pid())
 
     def _require_pid(self) -> int:
@@ -202,67 +192,97 @@ class Lab:
             raise LabError(f"the lab in {self.run_dir} is not running")
         return pid
 
+    # What each server defines
+
+    def executable(self) -> str | None:
+        """The server's start program, or None if its package is not installed."""
+        raise NotImplementedError
+
+    def unavailable(self) -> str | None:
+        """Why this server cannot start on this machine (one line), or None if it can."""
+        return self.install_hint if self.executable() is None else None
+
     def render_config(self) -> str:
-        return Template(TEMPLATE.read_text()).substitute(
-            run_dir=str(self.run_dir),
-            c2s_port=self.c2s_port,
-            http_port=self.http_port,
-            storage=self.storage,
-            log_level=self.log_level,
-            domain=self.domain,
-            registered_domain=self.registered_domain,
-            scram_domain=self.scram_domain,
-            muc_domain=self.muc_domain,
-        )
+        raise NotImplementedError
+
+    def _prepare(self) -> None:
+        """Write the config and make fresh data directories before a start."""
+        raise NotImplementedError
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _environment(self) -> dict[str, str] | None:
+        return None  # inherit ours
+
+    def _record_extra(self) -> dict[str, Any]:
+        return {}
+
+    def _is_server(self, pid: int, record: dict[str, Any]) -> bool:
+        """Whether ``pid`` is still this lab's server process (not a recycled PID)."""
+        raise NotImplementedError
+
+    def _find_server_pid(self) -> int | None:
+        """The server process once it exists (the launcher itself, or one of its descendants)."""
+        assert self._proc is not None
+        return self._proc.pid
+
+    def _serving(self) -> bool:
+        """Beyond open ports: does the server answer?"""
+        return True
+
+    def _startup_problem(self) -> str | None:
+        """A reason to give up starting, read from the server's log."""
+        return None
+
+    def _stop_processes(self, record: dict[str, Any], timeout: float) -> bool:
+        """Stop the recorded server process; True if it was running."""
+        pid = record.get("pid")
+        if not pid or not self._is_server(pid, record):
+            return False
+        self._terminate(pid, lambda: self._is_server(pid, record), timeout)
+        return True
+
+    def _cleanup(self, record: dict[str, Any] | None) -> None:
+        """After the server is gone: what else the lab made outside the run directory."""
+
+    # Start and stop
 
     def up(self, timeout: float = 20) -> bool:
-        """Start Prosody and wait until it serves; False if this lab was already running."""
-        record = self._read_record()
-        if record and record.get("pid") and self._is_ours(record["pid"]):
-            self.c2s_port, self.http_port = record["c2s_port"], record["http_port"]
+        """Start the server and wait until it serves; False if this lab was already running."""
+        current = Lab.from_record(self.run_dir)
+        if current.running:
+            if current.server != self.server:
+                raise LabError(f"a {current.server} lab is already running in {self.run_dir}: "
+                               "stop it first with  locust-xmpp lab down")  # fmt: skip
+            self._restore(current._read_record() or {})
             return False
-        prosody = shutil.which("prosody")
-        if prosody is None:
-            raise LabError(INSTALL_HINT)
+        reason = self.unavailable()
+        if reason:
+            raise LabError(reason)
         for port in (self.c2s_port, self.http_port):
             if port_in_use(port):
                 raise LabError(f"port {port} is already in use")
 
+        current._cleanup(current._read_record())  # what a lab that died without "lab down" left behind
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # A fresh data directory per run: internal storage truncates an archive past its quota on every append.
-        shutil.rmtree(self.data_dir, ignore_errors=True)
-        self.data_dir.mkdir()
-        (self.run_dir / "certs").mkdir(exist_ok=True)
-        for stale in (self.log_path, self.run_dir / "prosody.pid"):
-            stale.unlink(missing_ok=True)
-        self.config_path.write_text(self.render_config())
-
-        with open(self.console_path, "wb") as console:
-            self._proc = subprocess.Popen(
-                [prosody, "-F", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=console,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in the shell that ran "lab up" must not reach it
-            )
-        self.record_path.write_text(
-            json.dumps(
-                {
-                    "pid": self._proc.pid,
-                    "c2s_port": self.c2s_port,
-                    "http_port": self.http_port,
-                    "storage": self.storage,
-                    "log_level": self.log_level,
-                    "websocket_url": self.websocket_url,
-                    "domain": self.domain,
-                    "registered_domain": self.registered_domain,
-                    "scram_domain": self.scram_domain,
-                    "muc_domain": self.muc_domain,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        self._prepare()
+        try:
+            with open(self.console_path, "wb") as console:
+                self._proc = subprocess.Popen(
+                    self._command(),
+                    env=self._environment(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=console,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # a Ctrl-C in the shell that ran "lab up" must not reach it
+                    preexec_fn=raise_open_files_limit,
+                )
+        except BaseException:
+            self._cleanup(self._record_extra())
+            raise
+        self._server_pid = None
+        self._write_record()
         try:
             self._wait_ready(timeout)
         except BaseException:  # also Ctrl-C: a half-started server must not outlive "lab up"
@@ -270,61 +290,78 @@ class Lab:
             raise
         return True
 
+    def _write_record(self) -> None:
+        assert self._proc is not None
+        record = {
+            "server": self.server,
+            "rooms": self.rooms,
+            "pid": self._server_pid,
+            "launcher_pid": self._proc.pid,
+            "c2s_port": self.c2s_port,
+            "http_port": self.http_port,
+            "storage": self.storage,
+            "log_level": self.log_level,
+            "websocket_url": self.websocket_url,
+            "metrics_url": self.metrics_url,
+            "domain": self.domain,
+            "registered_domain": self.registered_domain,
+            "muc_domain": self.muc_domain,
+            **self._record_extra(),
+        }
+        self.record_path.write_text(json.dumps(record, indent=2) + "\n")
+
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + timeout
         while True:
+            if self._server_pid is None:
+                self._server_pid = self._find_server_pid()
+                if self._server_pid is not None:
+                    self._write_record()
             problem = self._startup_problem()
             if problem:
                 raise LabError(problem)
             if self._proc.poll() is not None:
-                raise LabError(f"Prosody exited with status {self._proc.returncode}: {self._last_words()}")
-            if _port_open(self.c2s_port) and _port_open(self.http_port) and self._metrics_ok():
+                raise LabError(f"{self.name} exited with status {self._proc.returncode}: {self._last_words()}")
+            if (
+                self._server_pid is not None
+                and port_open(self.c2s_port)
+                and port_open(self.http_port)
+                and self._serving()
+            ):
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"Prosody did not answer within {timeout:g} s: {self._last_words()}")
+                raise LabError(f"{self.name} did not answer within {timeout:g} s: {self._last_words()}")
             time.sleep(0.1)
-
-    def _startup_problem(self) -> str | None:
-        # Prosody keeps running when it cannot bind a port; its log is the only sign.
-        try:
-            log = self.log_path.read_text(errors="replace")
-        except OSError:
-            return None
-        for port in (self.c2s_port, self.http_port):
-            if f"Failed to open server port {port}" in log:
-                return f"port {port} is already in use"
-        return None
-
-    def _metrics_ok(self) -> bool:
-        try:
-            with _OPENER.open(self.metrics_url, timeout=1) as response:
-                return response.status == 200
-        except OSError:
-            return False
 
     def _last_words(self) -> str:
         words = " | ".join(t for t in (_tail(self.log_path), _tail(self.console_path)) if t)
         return words or f"no output (see {self.run_dir})"
 
     def down(self, timeout: float = 10) -> bool:
-        """Stop this lab's Prosody; False if it was not running. Never signals another process."""
+        """Stop this lab's server; False if it was not running. Never signals another process."""
         record = self._read_record()
-        pid = record.get("pid") if record else None
-        stopped = False
-        if pid and self._is_ours(pid):
-            os.kill(pid, signal.SIGTERM)
-            if not self._wait_exit(pid, timeout):
-                os.kill(pid, signal.SIGKILL)
-                self._wait_exit(pid, 5)
-            stopped = True
+        if record and record.get("server", "prosody") != self.server:
+            return Lab.from_record(self.run_dir).down(timeout)  # the lab recorded there, whatever self is
+        stopped = self._stop_processes(record, timeout) if record else False
         if self._proc is not None:
             self._proc.poll()  # reap our child if it died on its own
             self._proc = None
+        self._cleanup(record)
         self.record_path.unlink(missing_ok=True)
         return stopped
 
-    def _wait_exit(self, pid: int, timeout: float) -> bool:
+    def _terminate(self, pid: int, alive: Any, timeout: float) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; ``alive()`` says whether ``pid`` is still our process."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            if self._wait_exit(pid, alive, wait):
+                return
+
+    def _wait_exit(self, pid: int, alive: Any, timeout: float) -> bool:
         if self._proc is not None and self._proc.pid == pid:
             # Our own child: reap it, or it lingers as a zombie.
             try:
@@ -333,7 +370,7 @@ class Lab:
             except subprocess.TimeoutExpired:
                 return False
         deadline = time.monotonic() + timeout
-        while self._is_ours(pid):
+        while alive():
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
@@ -348,6 +385,8 @@ class Lab:
             except OSError:
                 pid = None  # exited in between
         return {
+            "server": self.server,
+            "rooms": self.rooms,
             "running": pid is not None,
             "pid": pid,
             "run_dir": str(self.run_dir),
@@ -367,3 +406,13 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.run_dir} rooms={self.rooms} c2s={self.c2s_port} http={self.http_port}>"
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
