@@ -21,7 +21,8 @@ def register_accounts(
     """Register ``pattern.format(n=0..count-1)``; existing accounts count as done.
 
     Each account logs in once with ``mechanism`` (by default the strongest SCRAM the server
-    offers) after registering, which proves the password works. Returns the number of usable accounts; raises RuntimeError naming the first failure.
+    offers) after registering, which proves the password works. Returns the number of usable
+    accounts; raises RuntimeError naming the first failure.
     """
     failures: list[str] = []
 
