@@ -34,7 +34,7 @@ OBSERVER_SCRIPT = r'''"""An independent XMPP observer: slixmpp over TCP c2s, run
 
     python observer.py CONFIG.json
 
-It logs in (anonymously, or as a registered account with SCRAM-SHA-1 without TLS), joins
+It logs in (anonymously, or as a registered account with SCRAM without TLS), joins
 the rooms of "rooms" without history, writes "ready_file", then records every live
 groupchat message and every room presence until "stop_file" appears or "max_seconds" pass.
 It then reads the whole archive (MAM, XEP-0313, pages of 50) of each room of "archive" and
@@ -231,7 +231,7 @@ def test_marked_messages_reach_the_observer_and_the_archive_in_order(lab, accoun
     rec, tally = Recorder(), Tally()
     anon = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
     reg = XmppClient(
-        lab.websocket_url, lab.registered_domain, Credentials("SCRAM-SHA-1", "it-0", PASSWORD), request_event=rec
+        lab.websocket_url, lab.registered_domain, Credentials("SCRAM", "it-0", PASSWORD), request_event=rec
     )
     talkers = {"anon": Talker(anon, "obs-anon", rec, tally), "reg": Talker(reg, "obs-reg", rec, tally)}
     sent = [(("anon", "reg")[i % 2], f"marked {i} <&> '\"' \u2713") for i in range(10)]
@@ -289,7 +289,7 @@ def test_bound_jids_are_valid_for_slixmpp(lab, accounts, login: str, requested: 
     if login == "anonymous":
         client = XmppClient(lab.websocket_url, lab.domain, resource=requested)
     else:
-        mechanism = {"scram": "SCRAM-SHA-1", "plain": "PLAIN"}[login]
+        mechanism = {"scram": "SCRAM", "plain": "PLAIN"}[login]
         client = XmppClient(
             lab.websocket_url, lab.registered_domain, Credentials(mechanism, "it-1", PASSWORD), resource=requested
         )

@@ -5,6 +5,7 @@ server's condition in the message; pipelined, expired and late replies are count
 from __future__ import annotations
 
 import base64
+import re
 import time
 import uuid
 from typing import Any
@@ -39,7 +40,7 @@ def accounts(lab) -> list[str]:
 def make_client(lab, login: str, recorder: Recorder, **kwargs: Any) -> XmppClient:
     if login == "anonymous":
         return XmppClient(lab.websocket_url, lab.domain, request_event=recorder, **kwargs)
-    mechanism, account = {"scram": ("SCRAM-SHA-1", ACCOUNTS[0]), "plain": ("PLAIN", ACCOUNTS[1])}[login]
+    mechanism, account = {"scram": ("SCRAM", ACCOUNTS[0]), "plain": ("PLAIN", ACCOUNTS[1])}[login]
     credentials = Credentials(mechanism, account, PASSWORD)
     return XmppClient(lab.websocket_url, lab.registered_domain, credentials, request_event=recorder, **kwargs)
 
@@ -107,12 +108,13 @@ def test_every_request_fires_exactly_one_successful_event(lab, accounts, login: 
         assert_one_success(rec.take(), "ping")
 
         joined = client.muc_join(room, "first")
-        assert_one_success(rec.take(), "muc_join")
         codes = {s.get("code") for s in joined.element.iter("{http://jabber.org/protocol/muc#user}status")}
         assert {"110", "201"} <= codes
         # We created the room: like Converse, the client accepts its default configuration (an instant room).
-        assert wait_until(lambda: rec.names == ["muc_configure"])
-        assert_one_success(rec.take(), "muc_configure")
+        assert wait_until(lambda: "muc_configure" in rec.names)
+        events = rec.take()
+        assert_one_success([e for e in events if e["name"] == "muc_join"], "muc_join")
+        assert_one_success([e for e in events if e["name"] != "muc_join"], "muc_configure")
         assert client.rooms[room].joined and set(client.rooms[room].occupants) == {"first"}
 
         bodies = [f"archived {i} <&> '\"' ✓" for i in range(5)]
@@ -152,7 +154,7 @@ def test_every_request_fires_exactly_one_successful_event(lab, accounts, login: 
     assert other_rec.failures == []
 
 
-@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-1", "PLAIN"])
+@pytest.mark.parametrize("mechanism", ["SCRAM", "PLAIN"])
 def test_wrong_password_is_a_readable_auth_failure(lab, accounts, mechanism: str) -> None:
     rec = Recorder()
     client = XmppClient(lab.websocket_url, lab.registered_domain, Credentials(mechanism, ACCOUNTS[2], "not-it"),
@@ -178,7 +180,7 @@ def test_in_band_registration_is_a_request(lab) -> None:
     rec = Recorder()
 
     def login(password: str, register: bool = True) -> XmppClient:
-        client = XmppClient(lab.websocket_url, lab.registered_domain, Credentials("SCRAM-SHA-1", username, password),
+        client = XmppClient(lab.websocket_url, lab.registered_domain, Credentials("SCRAM", username, password),
                             request_event=rec, register=register)  # fmt: skip
         try:
             client.connect()
@@ -253,8 +255,10 @@ def test_iq_error_is_a_failure_event_with_the_condition(lab) -> None:
         rec.take()
         with pytest.raises(XmppRequestFailed) as raised:
             client.vcard(f"{room}/nobody")
-        assert str(raised.value) == f"vcard: item-not-found (Recipient not in room) from {room}/nobody"
-        assert rec.failures == [("vcard", f"item-not-found (Recipient not in room) from {room}/nobody")]
+        # The condition, the server's own words, and who answered (the texts differ between servers).
+        said = str(raised.value)
+        assert re.fullmatch(rf"vcard: item-not-found \(Recipient [^)]+\) from {re.escape(room)}/nobody", said), said
+        assert rec.failures == [("vcard", said.removeprefix("vcard: "))]
         rec.take()
         # The same reply counts as an answer where "no vCard here" is normal.
         accepted = client.vcard(f"{room}/nobody", accept=NO_VCARD)
@@ -281,7 +285,8 @@ def test_nick_conflict_is_a_failure_event(lab) -> None:
         rec.take()
         with pytest.raises(XmppRequestFailed, match="^muc_nick: conflict"):
             a.muc_nick(room, "beta")
-        assert rec.failures == [("muc_nick", "conflict")]
+        ((name, reason),) = rec.failures
+        assert name == "muc_nick" and reason.startswith("conflict"), reason
         # The refused change leaves the old nick in place: our messages, reflected from it, still match.
         assert a.rooms[room].nick == "alpha"
         a.groupchat(room, "still here as alpha")

@@ -3,6 +3,7 @@ client raises XmppRequestFailed, and the process carries on (a new session works
 
 from __future__ import annotations
 
+import re
 import socket
 import struct
 import time
@@ -69,17 +70,19 @@ def test_http_500_on_upgrade(lab) -> None:
 
 def test_stream_error_for_an_unknown_domain(lab) -> None:
     events, message = attempt(lab.websocket_url, domain="unknown.example")
-    assert message == "stream error host-unknown (This server does not serve unknown.example)"
+    assert message.startswith("stream error host-unknown")  # Prosody adds "(This server does not serve ...)"
     assert events.records == [("connect", None), ("stream", message)]
     assert_still_works(lab)
 
 
 def test_unsupported_auth_and_wrong_password(lab) -> None:
-    events, message = attempt(lab.websocket_url, credentials=Credentials("PLAIN", "u", "p"))
-    assert message == "auth: unsupported-mechanism (PLAIN is not offered by the server (it offers ANONYMOUS))"
+    events, message = attempt(lab.websocket_url, credentials=Credentials("SCRAM-SHA-512", "u", "p"))
+    pattern = r"auth: unsupported-mechanism \(SCRAM-SHA-512 is not offered by the server \(it offers (.*)\)\)"
+    found = re.fullmatch(pattern, message)
+    assert found and set(found[1].split(", ")) == set(lab.sasl_mechanisms[lab.domain]), message
     assert [n for n, _ in events.failures] == ["auth"]
     events, message = attempt(
-        lab.websocket_url, lab.registered_domain, Credentials("SCRAM-SHA-1", f"nobody-{uuid.uuid4().hex[:6]}", "x")
+        lab.websocket_url, lab.registered_domain, Credentials("SCRAM", f"nobody-{uuid.uuid4().hex[:6]}", "x")
     )
     assert message.startswith("auth: not-authorized")
     assert [n for n, _ in events.failures] == ["auth"]
@@ -193,10 +196,13 @@ def test_network_reset_mid_session(lab) -> None:
         for pending in in_flight:
             with pytest.raises(XmppRequestFailed, match=r"Connection reset by peer$"):
                 client.wait(pending, timeout=5)
-        reason = "connection lost: receive failed: [Errno 104] Connection reset by peer"
+        # Whichever saw the reset first, the reader or an acknowledgement on its way out, names it.
+        ((_, reason), *_) = events.failures
+        assert reason in {f"connection lost: {way} failed: [Errno 104] Connection reset by peer"
+                          for way in ("receive", "send")}  # fmt: skip
         assert events.failures == [("stream", reason), ("ping", reason), ("message", reason)]
         assert not client.connected
-        with pytest.raises(XmppRequestFailed, match=r"^not connected \(connection lost: receive failed"):
+        with pytest.raises(XmppRequestFailed, match=r"^not connected \(connection lost: (receive|send) failed"):
             client.ping()
         # The same client object reconnects through the same (working again) path.
         client.connect()
