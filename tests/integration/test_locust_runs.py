@@ -329,3 +329,25 @@ def test_livechat_distributed_over_two_workers(lab, tmp_path: Path) -> None:
     assert_phases_in_order(run, ["seed", "seed-leave", "batch1-join", "batch1-talk", "batch1-leave"])
     archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
     assert len(archive) == TALK + SEED
+
+
+def test_livechat_on_stock_room_settings(stock_lab, tmp_path: Path) -> None:
+    """Each server's own room defaults: temporary rooms (created by their first viewer, locked until it
+    configures them on Prosody) whose archive goes with them. The run is clean, and says that the
+    viewers found no archive where the test had seeded one."""
+    room = room_name("stock")
+    run = run_locust("livechat.py", tmp_path / "stock", "--headless", "--host", stock_lab.websocket_url,
+                     "--xmpp-room", room, *LIVECHAT_SMALL, "--batches", "2")  # fmt: skip
+    assert run.returncode == 0, run.tail()
+    assert run.failures == 0, run.errors
+    n = VIEWERS
+    assert run.count("muc_join") == run.count("muc_leave") == 2 * n + 2
+    assert run.count("mam") == 2 * n and run.count("vcard_occupant") == n * (n - 1)
+    truth = run.truth
+    assert truth["lost"] == 0 and truth["unexpected"] == 0 and truth["sent"] == 2 * TALK + SEED, truth
+    assert truth["delivered"] == truth["expected"] == 2 * TALK * n + SEED * 2
+    # The seeders' room emptied, so the server destroyed it and its archive: said once, counted per viewer.
+    assert truth["deviations"]["archive_short"]["count"] == 2 * n, truth["deviations"]
+    assert "returned 0 messages where the test seeded 50" in truth["deviations"]["archive_short"]["message"]
+    # Every room was created by its first joiner, who configured it as Converse does (an instant room).
+    assert run.count("muc_configure") == 3
