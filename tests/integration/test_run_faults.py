@@ -133,6 +133,7 @@ def test_sigterm_stops_the_run_like_ctrl_c(lab, tmp_path: Path) -> None:
     assert "Got SIGTERM" in result.output and "Traceback" not in result.output
     # Users stopped (their leaves are requests), the files are written, and the early end is said.
     assert result.count("muc_leave") == VIEWERS + 2
+    assert result.console_total == result.stats["Aggregated"]  # the leaves made at the very end included
     assert [p["phase"] for p in result.phases] == ["seed", "seed-leave", "batch1-join", "batch1-talk"]
     truth = result.truth
     assert truth["lost"] == 0 and truth["sent"] > 0
