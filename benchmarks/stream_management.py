@@ -1,6 +1,6 @@
 """What stream management (XEP-0198) costs the lab Prosody in one busy room, against the same run without it.
 
-    python benchmarks/stream_management.py [--users 500] [--rate 5] [--duration 60] [--modes sm,no-sm]
+    python benchmarks/stream_management.py [--users 500] [--rate 3] [--duration 60] [--modes sm,no-sm]
                                            [--prosody-option smacks_max_unacked_stanzas=10 ...]
 
 For each mode the benchmark starts its own lab Prosody (memory storage: the room archive then
@@ -10,9 +10,9 @@ all in this one gevent process, and joins them to one room. Once Prosody is idle
 take turns sending marked groupchat messages (``xmpp_user.talk``) at RATE messages per second in
 total, so that the room delivers about RATE x USERS stanzas per second, for DURATION seconds;
 then the benchmark waits up to DRAIN seconds for the deliveries still on their way. The default
-rate, 5 messages/s to 500 users (2,500 deliveries/s), is where on our 2-core machines the lab
-Prosody keeps up without stream management and falls behind with it; at 10 messages/s it falls
-behind either way.
+rate, 3 messages/s to 500 users (1,500 deliveries/s), is where on our 2-core machines the lab
+Prosody keeps up without stream management (about 60 % of its core) and falls behind with it; at
+5 messages/s it is at its limit without stream management too.
 
 Reported per mode, over the same window for both processes (from the first send to the last
 delivery or the end of the drain): CPU seconds of Prosody (from /proc/PID/stat) and of this
@@ -451,7 +451,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=500, help="room occupants, all in this process (default 500)")
-    parser.add_argument("--rate", type=float, default=5.0, help="messages per second, all users together (default 5)")
+    parser.add_argument("--rate", type=float, default=3.0, help="messages per second, all users together (default 3)")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of sending (default 60)")
     parser.add_argument("--drain", type=float, default=60.0, help="seconds to wait for late deliveries (default 60)")
     parser.add_argument("--batch", type=int, default=25, help="users connecting at once (default 25)")
