@@ -11,8 +11,8 @@ import gevent
 from locust import User, constant, events
 from locust.exception import StopUser
 
+from xmpp_user import observe, outcome
 from xmpp_user import options as _options  # registers the command-line options
-from xmpp_user import outcome
 from xmpp_user.client import XmppClient, XmppRequestFailed
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,7 @@ class XmppUser(User):
 def _install_outcome(environment: Any, **_kw: Any) -> None:
     if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
         outcome.install(environment)
+        observe.install(environment)
 
 
 @events.init.add_listener

@@ -1,0 +1,16 @@
+"""Observation: what the generator and the server under test do while a run goes on.
+
+- ``names``: the Prometheus metric families both exporters publish, in one place (the dashboards,
+  the report's Prometheus source and the tests read the names from here).
+
+Each part installs itself on a Locust environment through ``install`` below, which every
+``XmppUser`` locustfile calls at ``init``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def install(environment: Any) -> None:
+    """Wire every observation part into the run (master or local runner; workers only report)."""

@@ -1,0 +1,52 @@
+"""The Prometheus metric families of locust-xmpp, by the process that exports them.
+
+Names follow Prometheus conventions: base units (seconds, bytes), ``_total`` for counters. The
+generator's families come from the master (or the local runner), every worker's data summed; the
+server's from ``locust-xmpp exporter`` beside the server process.
+"""
+
+from __future__ import annotations
+
+GENERATOR = "locust_xmpp"
+"""Prefix of the generator's families."""
+USERS = f"{GENERATOR}_users"
+"""Gauge: Locust users running."""
+SESSIONS = f"{GENERATOR}_sessions"
+"""Gauge: XMPP sessions really open (connection READY)."""
+REQUESTS = f"{GENERATOR}_requests_total"
+"""Counter, label ``name``: requests ended (successes and failures) by request name."""
+REQUEST_FAILURES = f"{GENERATOR}_request_failures_total"
+"""Counter, label ``name``: failed requests by request name (``stream`` for failures outside one)."""
+REQUEST_DURATION = f"{GENERATOR}_request_duration_seconds"
+"""Histogram, label ``name``: round-trip time by request name (``message_delivery``: send to receipt)."""
+MESSAGES_SENT = f"{GENERATOR}_messages_sent_total"
+MESSAGES_CONFIRMED = f"{GENERATOR}_messages_confirmed_total"
+MESSAGES_UNCONFIRMED = f"{GENERATOR}_messages_unconfirmed_total"
+MESSAGES_SKIPPED = f"{GENERATOR}_messages_skipped_total"
+DELIVERIES_EXPECTED = f"{GENERATOR}_deliveries_expected_total"
+DELIVERIES = f"{GENERATOR}_deliveries_total"
+"""Counter: first live deliveries to our receivers."""
+DELIVERIES_LOST = f"{GENERATOR}_deliveries_lost"
+"""Gauge: expected and not delivered so far, to receivers still connected (final at the run's end)."""
+DELIVERIES_UNEXPECTED = f"{GENERATOR}_deliveries_unexpected"
+DELIVERIES_UNVERIFIED = f"{GENERATOR}_deliveries_unverified"
+PHASE = f"{GENERATOR}_phase"
+"""Gauge, label ``phase``: 1 for the phase in force (one series per phase of the plan, the others 0)."""
+PHASE_PLANNED_USERS = f"{GENERATOR}_phase_planned_users"
+"""Gauge: the planned user count of the phase in force."""
+WORKERS = f"{GENERATOR}_workers"
+"""Gauge, label ``state``: workers connected to the master, by Locust state (ready, running, missing...)."""
+DEVIATIONS = f"{GENERATOR}_deviations_total"
+"""Counter, label ``kind``: how often the run differed from its plan, by kind."""
+
+SERVER = "xmpp_server"
+"""Prefix of the server process's families (prometheus-client's process collector, namespace ``xmpp_server``):
+``xmpp_server_process_cpu_seconds_total``, ``xmpp_server_process_resident_memory_bytes``,
+``xmpp_server_process_open_fds``, ... and ``xmpp_server_process_threads``. The server's own families
+(Prosody's ``prosody_*``) are passed on unchanged."""
+SERVER_CPU = f"{SERVER}_process_cpu_seconds_total"
+SERVER_RSS = f"{SERVER}_process_resident_memory_bytes"
+SERVER_OPEN_FDS = f"{SERVER}_process_open_fds"
+SERVER_THREADS = f"{SERVER}_process_threads"
+SERVER_UP = f"{SERVER}_up"
+"""Gauge: 1 while the watched process exists, 0 once it is gone."""
