@@ -90,8 +90,11 @@ class _RoomUser(XmppUser):
 
     def on_start(self) -> None:
         self.options = self.environment.parsed_options
+        n = next(type(self)._counter)
+        self.seat = n // self.options.rooms
+        """How many users of this class came to the same room before this one."""
         if self.settings is not None:
-            self.room = normalise(room_jid(self.options, self.settings, next(type(self)._counter)))
+            self.room = normalise(room_jid(self.options, self.settings, n))
         self.talker = Talker(self.xmpp, outcome.sender_id(self.environment), self.environment.events.request)
         super().on_start()
 
@@ -113,7 +116,8 @@ class ArchiveSeeder(_RoomUser):
     @task
     def post(self) -> None:
         self.ensure_connected()
-        share = max(1, self.options.seed_messages // 2)
+        # Two seeders per room share the messages; the first one posts the odd one out.
+        share = (self.options.seed_messages + 1 - self.seat % 2) // 2
         if self.posted >= share:
             return
         deadline = time.monotonic() + 5

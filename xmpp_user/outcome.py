@@ -200,11 +200,14 @@ def _watch_workers(runner: MasterRunner, run: _Run) -> None:
 def _stop_on_sigterm(environment: Environment) -> None:
     """SIGTERM stops the run as Ctrl+C does.
 
-    Locust installs its own SIGTERM handler only once a headless load shape has ended, so
-    until then SIGTERM would kill the process outright: no users stopped, no files, workers left
-    running. Until Locust's handler is in place, ours raises KeyboardInterrupt in the main
-    greenlet, the way Ctrl+C does.
+    In a headless run Locust installs its own SIGTERM handler only once the load shape has ended,
+    so until then SIGTERM would kill the process outright: no users stopped, no files, workers
+    left running. While the shape runs, ours raises KeyboardInterrupt in the main greenlet, the
+    way Ctrl+C does.
     """
+    options = environment.parsed_options
+    if options is None or not getattr(options, "headless", False):
+        return  # with the web UI, Locust's own handler is in place from the start
     main = gevent.getcurrent()
     runner = environment.runner
 
