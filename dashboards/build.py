@@ -1,7 +1,7 @@
 """Build ``dashboards/locust-xmpp.json``, the Grafana dashboard of a locust-xmpp run.
 
-    python dashboards/build.py          # rewrite the JSON beside this file
-    python dashboards/build.py --check  # exit 1 if the committed JSON differs from what this script builds
+    python dashboards/build.py          # rewrite the JSON beside this file and its copy for Kubernetes
+    python dashboards/build.py --check  # exit 1 if a committed JSON differs from what this script builds
 
 Every metric name comes from ``xmpp_user.observe.names``: the generator's families from the Locust master,
 the server's from ``locust-xmpp exporter`` beside the server process (Prosody's own families are Prosody
@@ -29,6 +29,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from a checkout, without instal
 from xmpp_user.observe import names as n  # noqa: E402
 
 OUTPUT = Path(__file__).with_name("locust-xmpp.json")
+K8S_COPY = ROOT / "k8s" / "observability" / "locust-xmpp.json"
+"""The copy the Kubernetes ConfigMap is generated from: kustomize reads no file outside its directory."""
 UID = "locust-xmpp"
 SCHEMA_VERSION = 39
 """Grafana 10.4's dashboard schema: newer Grafana versions migrate it on load."""
@@ -443,18 +445,20 @@ def render() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the committed JSON is not up to date")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed JSON is not up to date")
     args = parser.parse_args(argv)
     text = render()
-    if args.check:
-        if not OUTPUT.exists() or OUTPUT.read_text() != text:
-            print(
-                f"{OUTPUT} is not what {Path(__file__).name} builds: run  python dashboards/build.py", file=sys.stderr
-            )
-            return 1
-        return 0
-    OUTPUT.write_text(text)
-    print(f"wrote {OUTPUT.relative_to(ROOT)}")
+    for path in (OUTPUT, K8S_COPY):
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                print(
+                    f"{path} is not what {Path(__file__).name} builds: run  python dashboards/build.py", file=sys.stderr
+                )
+                return 1
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
     return 0
 
 
