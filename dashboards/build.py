@@ -48,15 +48,16 @@ class Query:
     legend: str = ""
 
 
-def _target(index: int, query: Query) -> dict[str, Any]:
+def _target(index: int, query: Query, instant: bool = False) -> dict[str, Any]:
+    """A panel query: a range query for graphs; an instant one (the value now) for stats."""
     return {
         "refId": chr(ord("A") + index),
         "datasource": DATASOURCE,
         "editorMode": "code",
         "expr": query.expr,
         "legendFormat": query.legend or "__auto",
-        "range": True,
-        "instant": False,
+        "range": not instant,
+        "instant": instant,
     }
 
 
@@ -125,7 +126,7 @@ def stat(
         "title": title,
         "description": description,
         "datasource": DATASOURCE,
-        "targets": [_target(i, q) for i, q in enumerate(queries)],
+        "targets": [_target(i, q, instant=True) for i, q in enumerate(queries)],
         "fieldConfig": {
             "defaults": {
                 "unit": unit,

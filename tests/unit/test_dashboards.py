@@ -116,6 +116,8 @@ def test_phases_are_annotations_and_a_stat_from_the_phase_gauge() -> None:
     assert phases[0]["titleFormat"] == "{{phase}}"
     stat = next(p for p in _panels() if p["title"] == "Phase")
     assert stat["type"] == "stat" and stat["options"]["textMode"] == "name"
+    # Instant: a range query would show every phase that was in force somewhere in the time range.
+    assert stat["targets"][0]["instant"] and not stat["targets"][0]["range"]
     assert metric_names(stat["targets"][0]["expr"]) == {n.PHASE}
 
 
