@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
-# Prosody and ejabberd (the lab servers) and Chromium (for the web UI test) from apt, and the package
-# with its test tools (and Playwright) in .venv.
+# Prosody and ejabberd (the lab servers), Chromium (for the web UI tests) and Prometheus (its promtool checks
+# the dashboard's queries) from apt, the package with its test tools (Playwright, kubernetes-validate) in .venv,
+# and, where npm is, the Node test tools of tests/tools (Grafana's dashboard schema, prometheus-operator models).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,8 @@ command -v prosody >/dev/null || need_apt+=(prosody)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Debian's Chromium, for the web UI test (Playwright drives it; it cannot download its own browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# promtool parses and evaluates the dashboard's PromQL in the tests; Prometheus itself is never started as a service.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -38,6 +41,12 @@ if ((${#need_apt[@]})); then
         echo "setup: stopping the system ejabberd the package started (the lab runs its own)"
         $sudo /etc/init.d/ejabberd stop >/dev/null
     fi
+    # The same for Prometheus: only promtool is wanted here.
+    if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -f /run/prometheus/prometheus.pid ] \
+        && $sudo kill -0 "$(cat /run/prometheus/prometheus.pid)" 2>/dev/null; then
+        echo "setup: stopping the system Prometheus the package started (the tests only use promtool)"
+        $sudo /etc/init.d/prometheus stop >/dev/null
+    fi
 fi
 
 python3 - <<'PY' || { echo "setup: Python 3.11 or newer is required" >&2; exit 1; }
@@ -60,4 +69,23 @@ fi
 if ! .venv/bin/python -c 'import playwright' 2>/dev/null; then
     echo "setup: installing Playwright into .venv"
     .venv/bin/python -m pip install -q playwright==1.65.2
+fi
+# kubernetes-validate checks the Kubernetes manifests against the official schemas (a test tool, pinned).
+if ! .venv/bin/python -c 'import kubernetes_validate' 2>/dev/null; then
+    echo "setup: installing kubernetes-validate into .venv"
+    .venv/bin/python -m pip install -q kubernetes-validate==1.37.0
+fi
+# Node test tools, pinned by tests/tools/package-lock.json: Grafana's dashboard schema (TypeScript types, checked
+# with tsc) and the prometheus-operator models (ServiceMonitor/PodMonitor schemas). Without npm the tests that
+# need them are skipped and say so.
+if command -v npm >/dev/null; then
+    tools=tests/tools
+    stamp=$tools/node_modules/.installed-$(sha1sum "$tools/package-lock.json" | cut -c1-12)
+    if [ ! -f "$stamp" ]; then
+        echo "setup: installing the Node test tools into $tools/node_modules"
+        (cd "$tools" && npm ci --silent --no-audit --no-fund >/dev/null)
+        touch "$stamp"
+    fi
+else
+    echo "setup: npm is missing: the dashboard schema and ServiceMonitor checks will be skipped" >&2
 fi

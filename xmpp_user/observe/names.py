@@ -50,3 +50,15 @@ SERVER_OPEN_FDS = f"{SERVER}_process_open_fds"
 SERVER_THREADS = f"{SERVER}_process_threads"
 SERVER_UP = f"{SERVER}_up"
 """Gauge: 1 while the watched process exists, 0 once it is gone."""
+
+# Prosody's own families, passed on unchanged by the server exporter (Prosody only: ejabberd publishes none in
+# the lab). Seen on Prosody 0.12.3 with mod_http_openmetrics; Prosody 0.12 publishes no MUC occupant count.
+PROSODY_C2S_CONNECTIONS = "prosody_mod_c2s__connections"
+"""Gauge, labels ``host``, ``type`` (``c2s``, ``c2s_unauthed``), ``ip_family``: client connections, WebSocket
+ones included."""
+PROSODY_MUC_LIVE_ROOMS = "prosody_mod_muc__live_room"
+"""Gauge, label ``host``: rooms in memory on the MUC component."""
+PROSODY_SMACKS_QUEUED = "prosody_mod_smacks__tx_queued_stanzas_total"
+"""Counter, label ``host``: stanzas queued for stream-managed sessions, i.e. sent to them (their deliveries)."""
+PROSODY_FAMILIES = (PROSODY_C2S_CONNECTIONS, PROSODY_MUC_LIVE_ROOMS, PROSODY_SMACKS_QUEUED)
+"""The Prosody families the dashboards read."""
