@@ -1,4 +1,4 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register`` and ``exporter``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -22,6 +22,7 @@ from xmpp_user.lab.lab import (
     Lab,
     LabError,
 )
+from xmpp_user.observe.names import SERVER_PORT
 
 PROG = "locust-xmpp"
 EXIT_OK, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 2, 3
@@ -133,11 +134,36 @@ def lab_register(args: argparse.Namespace) -> int:
 
 # ---- end of lab register ----
 
+
+def exporter(args: argparse.Namespace) -> int:
+    try:
+        from xmpp_user.observe import server
+    except ImportError:
+        raise CliError("the exporter needs prometheus-client: pip install 'locust-xmpp[metrics]'") from None
+    try:
+        target = server.Target(pid=args.pid, pidfile=args.pidfile, name=args.process_name)
+        own_metrics = server.ServerMetrics(args.server_metrics) if args.server_metrics else None
+        if own_metrics is not None:
+            own_metrics.fetch()  # a wrong URL is said now, not as a gap in the graphs
+    except server.TargetError as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        reason = server.fetch_error(exc)
+        raise CliError(f"cannot read the server's metrics at {args.server_metrics}: {reason}") from None
+    try:
+        server.serve(server.ServerCollector(target, own_metrics), args.port, args.host,
+                     ready=lambda line: print(line, flush=True))  # fmt: skip
+    except OSError as exc:
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
     "lab down": lab_down,
     "lab status": lab_status,
     "lab register": lab_register,
+    "exporter": exporter,
 }
 
 
@@ -183,6 +209,23 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--url", help="WebSocket URL (default: the running lab's)")
     register.add_argument("--domain", help="XMPP domain (default: the lab's registered domain)")
     register.set_defaults(command="lab register")
+
+    export = commands.add_parser(
+        "exporter",
+        help="Prometheus metrics of a server process (CPU, memory, open files) and the server's own metrics",
+        description="Serve, until SIGTERM or SIGINT, the CPU seconds, memory, open files and threads of a server "
+        "process read from /proc at each scrape, and with --server-metrics the server's own metrics passed on.",
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", type=_positive, metavar="N", help="the server process (beam.smp for ejabberd)")
+    which.add_argument("--pidfile", metavar="FILE", help="a file holding its PID, read again at each scrape")
+    which.add_argument("--process-name", metavar="NAME",
+                       help="its program name (prosody, beam.smp), looked up again if the server restarts")
+    export.add_argument("--port", type=_port, default=SERVER_PORT, metavar="N", help=f"default {SERVER_PORT}")
+    export.add_argument("--host", default="127.0.0.1", metavar="H", help="address to serve on (default 127.0.0.1)")
+    export.add_argument("--server-metrics", metavar="URL",
+                        help="the server's own metrics endpoint to pass on (Prosody: http://HOST:5280/metrics)")
+    export.set_defaults(command="exporter")
 
     return parser
 
