@@ -70,7 +70,7 @@ def lab_up(args: argparse.Namespace) -> int:
     lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level,
               server=args.server, rooms=args.rooms)  # fmt: skip
     wanted = (args.c2s_port, args.http_port, args.rooms)
-    started = lab.up(timeout=args.timeout)
+    started = lab.up(timeout=args.timeout, exporter_port=args.exporter_port)
     state = "started" if started else "already running"
     print(f"lab {state}: {lab.server}, pid {lab.pid}, run dir {lab.run_dir}")
     if not started and wanted != (lab.c2s_port, lab.http_port, lab.rooms):
@@ -78,6 +78,8 @@ def lab_up(args: argparse.Namespace) -> int:
     print(f"  WebSocket   {lab.websocket_url}")
     print(f"  c2s         {lab.c2s_address[0]}:{lab.c2s_address[1]}")
     print(f"  metrics     {_metrics(lab.metrics_url, lab.server)}")
+    if exporter_url := lab.exporter_url:
+        print(f"  exporter    {exporter_url}")
     print(f"  domains     {lab.domain} (anonymous), {lab.registered_domain} (accounts), {lab.muc_domain} (rooms)")
     if scram_domain := getattr(lab, "scram_domain", ""):
         print(f"              {scram_domain} (accounts, every SCRAM {lab.name} has; for mechanism tests)")
@@ -103,6 +105,8 @@ def lab_status(args: argparse.Namespace) -> int:
     print(f"lab running: {status['server']}, pid {status['pid']}, run dir {status['run_dir']}")
     print(f"  WebSocket   {status['websocket_url']}")
     print(f"  metrics     {_metrics(status['metrics_url'], status['server'])}")
+    if status["exporter_url"]:
+        print(f"  exporter    {status['exporter_url']}")
     print(f"  rooms       {status['rooms']}")
     print(f"  CPU         {status['cpu_seconds']:.2f} s")
     print(f"  RSS         {status['rss_bytes'] / 2**20:.1f} MiB")
@@ -189,6 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "default internal)")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="warn",
                     help="the server's log level; anything below warn costs CPU under load")
+    up.add_argument("--exporter-port", type=_port, metavar="N",
+                    help=f"also start  {PROG} exporter  for the server on this port ({SERVER_PORT} is the one "
+                         "dashboards/prometheus.yml scrapes); lab down stops it")
     up.add_argument("--timeout", type=float, default=20, help=argparse.SUPPRESS)
     up.set_defaults(command="lab up")
 
