@@ -7,6 +7,7 @@ command words (``"lab up"``); a new subcommand adds both.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -140,6 +141,8 @@ def lab_register(args: argparse.Namespace) -> int:
 
 
 def exporter(args: argparse.Namespace) -> int:
+    # It runs for hours beside a server: what it says later (a failed fetch, a restarted server) has a time.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from xmpp_user.observe import server
     except ImportError:

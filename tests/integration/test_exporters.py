@@ -190,7 +190,7 @@ def test_server_exporter_follows_the_lab_server(lab: Lab, tmp_path: Path) -> Non
 def test_a_process_that_ends_is_down_and_one_named_alike_is_found_again(tmp_path: Path) -> None:
     name = f"xs-{uuid.uuid4().hex[:8]}"
     with sleeper(tmp_path, name) as first:
-        with exporter(tmp_path, "--process-name", name) as (_p, by_name, _l), \
+        with exporter(tmp_path, "--process-name", name) as (_p, by_name, log), \
                 exporter(tmp_path, "--pid", str(first.pid)) as (_q, by_pid, _m):  # fmt: skip
             for port in (by_name, by_pid):
                 found = values(scrape(port))
@@ -207,6 +207,19 @@ def test_a_process_that_ends_is_down_and_one_named_alike_is_found_again(tmp_path
                 started = found[(f"{names.SERVER}_process_start_time_seconds", ())]
                 assert started == pytest.approx(start_time(second.pid), abs=0.02)
                 assert values(scrape(by_pid))[(names.SERVER_UP, ())] == 0
+                with sleeper(tmp_path, name) as third, sleeper(tmp_path, name) as fourth:
+                    assert values(scrape(by_name))[(names.SERVER_UP, ())] == 1  # still the one it found
+                    stop(second, signal.SIGKILL)
+                    # Two alike left: which one is the server? Neither is watched, and that is said once.
+                    for _ in range(2):
+                        assert values(scrape(by_name))[(names.SERVER_UP, ())] == 0
+                    stop(fourth, signal.SIGKILL)
+                    found = values(scrape(by_name))
+                    assert found[(names.SERVER_UP, ())] == 1
+                    assert found[(f"{names.SERVER}_process_start_time_seconds", ())] == pytest.approx(
+                        start_time(third.pid), abs=0.02)  # fmt: skip
+        said = [line for line in log.read_text().splitlines() if f"processes answer to '{name}'" in line]
+        assert len(said) == 1, log.read_text()
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):

@@ -88,23 +88,27 @@ class Target:
         self.fixed_pid, self.pidfile, self.name = pid, Path(pidfile) if pidfile else None, name
         self._pid: int | None = None
         self._start: int | None = None
-        self.describe = f"pid {pid}" if pid else f"pid file {pidfile}" if pidfile else f"process {name!r}"
+        self._ambiguous = False
+        self.describe = f"pid {pid}" if pid else f"the process in {pidfile}" if pidfile else f"process {name!r}"
         found = self._find(strict=True)
         if found is None:
             raise TargetError(f"no process to watch: {self.describe} is not running")
 
     def pid(self) -> int | None:
-        if self._pid is not None and _start_ticks(self._pid) == self._start:
-            if self.pidfile is None or self._read_pidfile() == self._pid:
+        if self._pid is not None:
+            if _start_ticks(self._pid) == self._start and (self.pidfile is None or self._read_pidfile() == self._pid):
                 return self._pid
+            log.warning("The watched process, pid %d, is gone", self._pid)
+            self._pid = self._start = None
         if self.fixed_pid is not None:  # that process is gone, and a later one with its PID is another
-            self._pid = None
             return None
-        return self._find(strict=False)
+        found = self._find(strict=False)
+        if found is not None:
+            log.warning("Watching %s again: pid %d", self.describe, found)
+        return found
 
     def _find(self, strict: bool) -> int | None:
-        previous = self._pid
-        self._pid = self._start = None
+        """The live process the input names now; once the watched one is gone, found again at each scrape."""
         if self.fixed_pid is not None:
             candidates = [self.fixed_pid]
         elif self.pidfile is not None:
@@ -112,18 +116,19 @@ class Target:
         else:
             assert self.name is not None
             candidates = processes_named(self.name)
-            if len(candidates) > 1:
+            ambiguous, self._ambiguous = self._ambiguous, len(candidates) > 1
+            if self._ambiguous:
                 if strict:
                     raise TargetError(f"{len(candidates)} processes answer to {self.name!r} "
                                       f"({', '.join(map(str, candidates))}): pass --pid")  # fmt: skip
-                log.warning("%d processes answer to %r: watching none until one is left", len(candidates), self.name)
+                if not ambiguous:  # said once, not at every scrape
+                    log.warning("%d processes answer to %r: watching none until one is left", len(candidates),
+                                self.name)  # fmt: skip
                 return None
         for pid in candidates:
             start = _start_ticks(pid)
             if start is not None:
                 self._pid, self._start = pid, start
-                if previous is not None and pid != previous:
-                    log.warning("Now watching %s: pid %d", self.describe, pid)
                 return pid
         return None
 
@@ -171,7 +176,8 @@ class ServerMetrics:
                 log.warning("The server's metrics at %s answer again", self.url)
             self.failing = None
         up = int(self.failing is None)
-        yield GaugeMetricFamily(names.SERVER_METRICS_UP, f"1 if {self.url} answered this scrape.", value=up)
+        yield GaugeMetricFamily(names.SERVER_METRICS_UP, "1 if the server's own metrics answered this scrape.",
+                                value=up)  # fmt: skip
         yield from families
 
 
@@ -198,7 +204,7 @@ class ServerCollector(Collector):
         # ProcessCollector reads what it can and leaves out the rest: a process that ends meanwhile has no RSS.
         process = list(self._process.collect()) if pid is not None else []
         threads = _threads(pid) if pid is not None else None
-        yield GaugeMetricFamily(names.SERVER_UP, f"1 while {self.target.describe} runs.", value=int(bool(process)))
+        yield GaugeMetricFamily(names.SERVER_UP, "1 while the watched process runs.", value=int(bool(process)))
         yield from process
         if threads is not None:
             yield GaugeMetricFamily(names.SERVER_THREADS, "Threads of the process.", value=threads)
