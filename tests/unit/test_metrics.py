@@ -256,3 +256,17 @@ def test_the_options_are_in_the_web_ui_form() -> None:
     assert parser.parse_args(["--xmpp-metrics-port", str(names.GENERATOR_PORT)]).xmpp_metrics_port == 9646
     with pytest.raises(SystemExit):
         parser.parse_args(["--xmpp-metrics-port", "-1"])
+
+
+def test_a_port_set_in_the_web_ui_form_serves_from_the_start_of_the_run(env: Environment) -> None:
+    env.parsed_options = argparse.Namespace(csv_prefix=None, xmpp_metrics_port=0, xmpp_metrics_host="127.0.0.1")
+    observe.install(env)
+    assert not metrics._servers
+    port = free_port()
+    env.parsed_options.xmpp_metrics_port = port  # what Locust does with the form's value when a run starts
+    try:
+        env.events.test_start.fire(environment=env)
+        with NO_PROXY.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            assert names.USERS in reply.read().decode()
+    finally:
+        metrics.stop()
