@@ -49,8 +49,9 @@ log = logging.getLogger(__name__)
 BUCKETS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 30_000, 60_000)
 """Upper bounds of the duration histogram, in milliseconds: an IQ answered on loopback takes about a
 millisecond, a loaded server seconds, and 60 s is past any reply timeout. Each bound lies on the grid of
-Locust's rounding (whole ms below 100 ms, tens below 1 s, hundreds below 10 s, thousands above), so a
-rounded time falls on the same side of a bound as the time it stands for."""
+Locust's rounding (whole ms below 100 ms, tens below 1 s, hundreds below 10 s, thousands above), so every
+rounded time belongs to one bucket; a time within half a step above a bound is counted below it (1.4 ms
+rounds to 1 ms), as it is in Locust's own percentiles."""
 WORKER_STATES = (STATE_INIT, STATE_SPAWNING, STATE_RUNNING, STATE_CLEANUP, STATE_STOPPING, STATE_STOPPED,
                  STATE_MISSING)  # fmt: skip
 """Every state a worker can be in, each exported (0 included) so that a dashboard's series never vanish."""
