@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
-# Prosody and ejabberd (the lab servers), Chromium (for the web UI tests) and Prometheus (its promtool checks
-# the dashboard's queries) from apt, the package with its test tools (Playwright, kubernetes-validate) in .venv,
-# and, where npm is, the Node test tools of tests/tools (Grafana's dashboard schema, prometheus-operator models).
+# Prosody and ejabberd (the lab servers), Chromium (for the web UI tests) and Prometheus (promtool checks
+# the dashboard's queries; the exporter tests run a private one) from apt, the package with its test tools
+# (Playwright, kubernetes-validate) in .venv, and, where npm is, the Node test tools of tests/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ need_apt=()
 command -v prosody >/dev/null || need_apt+=(prosody)
 # ejabberdctl lives in /usr/sbin, which a user's PATH may lack.
 [ -x /usr/sbin/ejabberdctl ] || need_apt+=(ejabberd)
+# promtool checks the exporters' output and the scrape config; the tests run a private Prometheus.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Debian's Chromium, for the web UI test (Playwright drives it; it cannot download its own browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
@@ -41,10 +43,10 @@ if ((${#need_apt[@]})); then
         echo "setup: stopping the system ejabberd the package started (the lab runs its own)"
         $sudo /etc/init.d/ejabberd stop >/dev/null
     fi
-    # The same for Prometheus: only promtool is wanted here.
+    # Likewise a system Prometheus: it would scrape its default targets and hold port 9090.
     if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -f /run/prometheus/prometheus.pid ] \
         && $sudo kill -0 "$(cat /run/prometheus/prometheus.pid)" 2>/dev/null; then
-        echo "setup: stopping the system Prometheus the package started (the tests only use promtool)"
+        echo "setup: stopping the system Prometheus the package started (the tests run their own)"
         $sudo /etc/init.d/prometheus stop >/dev/null
     fi
 fi

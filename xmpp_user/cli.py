@@ -1,4 +1,4 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register`` and ``exporter``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -7,6 +7,7 @@ command words (``"lab up"``); a new subcommand adds both.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from xmpp_user.lab.lab import (
     Lab,
     LabError,
 )
+from xmpp_user.observe.names import SERVER_PORT
 
 PROG = "locust-xmpp"
 EXIT_OK, EXIT_ERROR, EXIT_NOT_RUNNING = 0, 2, 3
@@ -69,7 +71,7 @@ def lab_up(args: argparse.Namespace) -> int:
     lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level,
               server=args.server, rooms=args.rooms)  # fmt: skip
     wanted = (args.c2s_port, args.http_port, args.rooms)
-    started = lab.up(timeout=args.timeout)
+    started = lab.up(timeout=args.timeout, exporter_port=args.exporter_port)
     state = "started" if started else "already running"
     print(f"lab {state}: {lab.server}, pid {lab.pid}, run dir {lab.run_dir}")
     if not started and wanted != (lab.c2s_port, lab.http_port, lab.rooms):
@@ -77,6 +79,8 @@ def lab_up(args: argparse.Namespace) -> int:
     print(f"  WebSocket   {lab.websocket_url}")
     print(f"  c2s         {lab.c2s_address[0]}:{lab.c2s_address[1]}")
     print(f"  metrics     {_metrics(lab.metrics_url, lab.server)}")
+    if exporter_url := lab.exporter_url:
+        print(f"  exporter    {exporter_url}")
     print(f"  domains     {lab.domain} (anonymous), {lab.registered_domain} (accounts), {lab.muc_domain} (rooms)")
     if scram_domain := getattr(lab, "scram_domain", ""):
         print(f"              {scram_domain} (accounts, every SCRAM {lab.name} has; for mechanism tests)")
@@ -102,6 +106,8 @@ def lab_status(args: argparse.Namespace) -> int:
     print(f"lab running: {status['server']}, pid {status['pid']}, run dir {status['run_dir']}")
     print(f"  WebSocket   {status['websocket_url']}")
     print(f"  metrics     {_metrics(status['metrics_url'], status['server'])}")
+    if status["exporter_url"]:
+        print(f"  exporter    {status['exporter_url']}")
     print(f"  rooms       {status['rooms']}")
     print(f"  CPU         {status['cpu_seconds']:.2f} s")
     print(f"  RSS         {status['rss_bytes'] / 2**20:.1f} MiB")
@@ -133,11 +139,38 @@ def lab_register(args: argparse.Namespace) -> int:
 
 # ---- end of lab register ----
 
+
+def exporter(args: argparse.Namespace) -> int:
+    # It runs for hours beside a server: what it says later (a failed fetch, a restarted server) has a time.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from xmpp_user.observe import server
+    except ImportError:
+        raise CliError("the exporter needs prometheus-client: pip install 'locust-xmpp[metrics]'") from None
+    try:
+        target = server.Target(pid=args.pid, pidfile=args.pidfile, name=args.process_name)
+        own_metrics = server.ServerMetrics(args.server_metrics) if args.server_metrics else None
+        if own_metrics is not None:
+            own_metrics.fetch()  # a wrong URL is said now, not as a gap in the graphs
+    except server.TargetError as exc:
+        raise CliError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        reason = server.fetch_error(exc)
+        raise CliError(f"cannot read the server's metrics at {args.server_metrics}: {reason}") from None
+    try:
+        server.serve(server.ServerCollector(target, own_metrics), args.port, args.host,
+                     ready=lambda line: print(line, flush=True))  # fmt: skip
+    except OSError as exc:
+        raise CliError(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
     "lab down": lab_down,
     "lab status": lab_status,
     "lab register": lab_register,
+    "exporter": exporter,
 }
 
 
@@ -163,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "default internal)")
     up.add_argument("--log-level", choices=LOG_LEVELS, default="warn",
                     help="the server's log level; anything below warn costs CPU under load")
+    up.add_argument("--exporter-port", type=_port, metavar="N",
+                    help=f"also start  {PROG} exporter  for the server on this port ({SERVER_PORT} is the one "
+                         "dashboards/prometheus.yml scrapes); lab down stops it")
     up.add_argument("--timeout", type=float, default=20, help=argparse.SUPPRESS)
     up.set_defaults(command="lab up")
 
@@ -183,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--url", help="WebSocket URL (default: the running lab's)")
     register.add_argument("--domain", help="XMPP domain (default: the lab's registered domain)")
     register.set_defaults(command="lab register")
+
+    export = commands.add_parser(
+        "exporter",
+        help="Prometheus metrics of a server process (CPU, memory, open files) and the server's own metrics",
+        description="Serve, until SIGTERM or SIGINT, the CPU seconds, memory, open files and threads of a server "
+        "process read from /proc at each scrape, and with --server-metrics the server's own metrics passed on.",
+    )
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pid", type=_positive, metavar="N", help="the server process (beam.smp for ejabberd)")
+    which.add_argument("--pidfile", metavar="FILE", help="a file holding its PID, read again at each scrape")
+    which.add_argument("--process-name", metavar="NAME",
+                       help="its program name (prosody, beam.smp), looked up again if the server restarts")
+    export.add_argument("--port", type=_port, default=SERVER_PORT, metavar="N", help=f"default {SERVER_PORT}")
+    export.add_argument("--host", default="127.0.0.1", metavar="H", help="address to serve on (default 127.0.0.1)")
+    export.add_argument("--server-metrics", metavar="URL",
+                        help="the server's own metrics endpoint to pass on (Prosody: http://HOST:5280/metrics)")
+    export.set_defaults(command="exporter")
 
     return parser
 

@@ -15,6 +15,7 @@ from typing import Any
 from locust import events
 
 from xmpp_user.core.stream import Credentials
+from xmpp_user.observe.names import GENERATOR_PORT
 from xmpp_user.rooms import normalise
 from xmpp_user.transport import check_url
 
@@ -141,6 +142,19 @@ def add_options(parser: Any) -> None:
         "--xmpp-source-ips",
         default="",
         help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host)",
+    )
+
+    observe = option_group(parser, "XMPP observation", "Prometheus metrics of the run, served by the master or a "
+                           "local runner with every worker's data summed; workers serve nothing")  # fmt: skip
+    observe.add_argument(
+        "--xmpp-metrics-port",
+        type=non_negative(int),
+        default=0,
+        help=f"Serve the run's Prometheus metrics on this port (dashboards/prometheus.yml scrapes {GENERATOR_PORT}); "
+        "0 for none (default %(default)s)",
+    )
+    observe.add_argument(
+        "--xmpp-metrics-host", default="127.0.0.1", help="Address to serve the metrics on (default %(default)s)"
     )
 
 

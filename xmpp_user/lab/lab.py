@@ -6,6 +6,9 @@ config template from this package, starts the server in the foreground as a back
 records its PIDs and ports in ``RUN/lab.json``; ``down``, ``status`` and ``Lab.from_record`` find it
 again from there. Both servers serve the same names: anonymous logins on ``domain``, accounts on
 ``registered_domain``, rooms on ``muc_domain``, WebSocket and BOSH on ``http_port``.
+
+With ``exporter_port``, ``up`` also starts ``locust-xmpp exporter`` beside the server, watching its PID
+file (``RUN/server.pid``) and passing on Prosody's ``/metrics``; ``down`` stops it first.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from xmpp_user.lab.procs import (  # noqa: F401  (free_port and the process helpers are this module's API too)
     free_port,
+    mentions,
     port_in_use,
     port_open,
     process_cpu_seconds,
@@ -109,6 +114,7 @@ class Lab:
             raise LabError(f"the {self.server} lab has no {storage} storage (choose from {', '.join(self.storages)})")
         self._proc: subprocess.Popen[bytes] | None = None
         self._server_pid: int | None = None
+        self._exporter: subprocess.Popen[bytes] | None = None
 
     @classmethod
     def from_record(cls, run_dir: str | Path = ".lab") -> Lab:
@@ -155,6 +161,19 @@ class Lab:
     def metrics_url(self) -> str | None:
         """The OpenMetrics endpoint, or None for a server without one (ejabberd)."""
         return None
+
+    @property
+    def pid_path(self) -> Path:
+        """The server's PID, for ``locust-xmpp exporter --pidfile``; written once the server is found."""
+        return self.run_dir / "server.pid"
+
+    @property
+    def exporter_url(self) -> str | None:
+        """Where the lab's exporter serves, if it runs."""
+        record = self._read_record() or {}
+        pid = record.get("exporter_pid")
+        # Its command line names our PID file: a recycled PID does not pass for it.
+        return f"http://127.0.0.1:{record['exporter_port']}/metrics" if pid and mentions(pid, self.pid_path) else None
 
     @property
     def c2s_address(self) -> tuple[str, int]:
@@ -248,19 +267,22 @@ class Lab:
 
     # Start and stop
 
-    def up(self, timeout: float = 20) -> bool:
-        """Start the server and wait until it serves; False if this lab was already running."""
+    def up(self, timeout: float = 20, exporter_port: int | None = None) -> bool:
+        """Start the server (and its exporter on ``exporter_port``) and wait until it serves; False if this lab
+        was already running (its exporter is started then if it has none)."""
         current = Lab.from_record(self.run_dir)
         if current.running:
             if current.server != self.server:
                 raise LabError(f"a {current.server} lab is already running in {self.run_dir}: "
                                "stop it first with  locust-xmpp lab down")  # fmt: skip
             self._restore(current._read_record() or {})
+            if exporter_port and self.exporter_url is None:
+                self.start_exporter(exporter_port)
             return False
         reason = self.unavailable()
         if reason:
             raise LabError(reason)
-        for port in (self.c2s_port, self.http_port):
+        for port in (self.c2s_port, self.http_port, *([exporter_port] if exporter_port else [])):
             if port_in_use(port):
                 raise LabError(f"port {port} is already in use")
 
@@ -285,10 +307,52 @@ class Lab:
         self._write_record()
         try:
             self._wait_ready(timeout)
+            if exporter_port:
+                self.start_exporter(exporter_port)
         except BaseException:  # also Ctrl-C: a half-started server must not outlive "lab up"
             self.down()
             raise
         return True
+
+    def start_exporter(self, port: int, timeout: float = 15) -> None:
+        """Start ``locust-xmpp exporter`` for the running server on 127.0.0.1:``port`` and wait until it serves."""
+        self._require_pid()
+        if port_in_use(port):
+            raise LabError(f"port {port} is already in use")
+        command = [sys.executable, "-m", "xmpp_user.cli", "exporter", "--pidfile", str(self.pid_path)]
+        command += ["--port", str(port)]
+        if self.metrics_url:
+            command += ["--server-metrics", self.metrics_url]
+        output = self.run_dir / "exporter.out"
+        with open(output, "wb") as out:
+            self._exporter = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                              start_new_session=True)  # fmt: skip
+        self._update_record(exporter_pid=self._exporter.pid, exporter_port=port)
+        deadline = time.monotonic() + timeout
+        while not port_open(port):
+            if self._exporter.poll() is not None or time.monotonic() > deadline:
+                self.stop_exporter()
+                raise LabError(f"the exporter did not start: {_tail(output) or 'no output'}")
+            time.sleep(0.1)
+
+    def stop_exporter(self, timeout: float = 5) -> bool:
+        """Stop the lab's exporter; False if none was running."""
+        record = self._read_record() or {}
+        pid = record.get("exporter_pid")
+        running = bool(pid) and mentions(pid, self.pid_path)
+        if running:
+            self._terminate(pid, lambda: mentions(pid, self.pid_path), timeout)
+        if self._exporter is not None:
+            self._exporter.wait(timeout)  # ours: reap it
+            self._exporter = None
+        if record:
+            self._update_record(exporter_pid=None, exporter_port=None)
+        return running
+
+    def _update_record(self, **fields: Any) -> None:
+        record = self._read_record() or {}
+        record.update(fields)
+        self.record_path.write_text(json.dumps(record, indent=2) + "\n")
 
     def _write_record(self) -> None:
         assert self._proc is not None
@@ -309,6 +373,8 @@ class Lab:
             **self._record_extra(),
         }
         self.record_path.write_text(json.dumps(record, indent=2) + "\n")
+        if self._server_pid is not None:
+            self.pid_path.write_text(f"{self._server_pid}\n")
 
     def _wait_ready(self, timeout: float) -> None:
         assert self._proc is not None
@@ -343,12 +409,15 @@ class Lab:
         record = self._read_record()
         if record and record.get("server", "prosody") != self.server:
             return Lab.from_record(self.run_dir).down(timeout)  # the lab recorded there, whatever self is
+        if record:
+            self.stop_exporter()
         stopped = self._stop_processes(record, timeout) if record else False
         if self._proc is not None:
             self._proc.poll()  # reap our child if it died on its own
             self._proc = None
         self._cleanup(record)
         self.record_path.unlink(missing_ok=True)
+        self.pid_path.unlink(missing_ok=True)
         return stopped
 
     def _terminate(self, pid: int, alive: Any, timeout: float) -> None:
@@ -396,6 +465,7 @@ class Lab:
             "websocket_url": self.websocket_url,
             "bosh_url": self.bosh_url,
             "metrics_url": self.metrics_url,
+            "exporter_url": self.exporter_url,
             "cpu_seconds": cpu,
             "rss_bytes": rss,
         }

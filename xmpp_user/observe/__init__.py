@@ -2,20 +2,69 @@
 
 - ``names``: the Prometheus metric families both exporters publish, in one place (the dashboards,
   the report's Prometheus source and the tests read the names from here).
+- ``metrics``: the generator's exporter (``--xmpp-metrics-port``), served by the master or a local
+  runner with every worker's data in it.
+- ``server``: ``locust-xmpp exporter``, the server process's CPU, memory and open files, and the
+  server's own metrics passed on.
 - ``webui``: the XMPP tab of Locust's web UI (phase, users and sessions, message truth, deviations, the
   server's CPU and memory, the report), and its JSON at ``/xmpp/status``.
 
 Each part installs itself on a Locust environment through ``install`` below, which every
-``XmppUser`` locustfile calls at ``init``.
+``XmppUser`` locustfile calls at ``init``. prometheus-client (the ``metrics`` extra) is imported only
+when an exporter is asked for, and Locust (with gevent's monkey patching) only by ``install``. The
+generator's options are in ``xmpp_user.options``.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any
 
-from xmpp_user.observe import webui
+log = logging.getLogger(__name__)
+
+MISSING_CLIENT = "--xmpp-metrics-port needs prometheus-client: pip install 'locust-xmpp[metrics]'"
 
 
 def install(environment: Any) -> None:
-    """Wire every observation part into the run (master or local runner; workers only report)."""
+    """Wire every observation part into the run (master or local runner; workers only report).
+
+    With ``--xmpp-metrics-port`` on the command line the exporter serves from the start (a port taken
+    is one line and exit code 2); a port first set in the web UI form starts it with the run.
+    """
+    from locust.runners import WorkerRunner  # here: ``locust-xmpp exporter`` imports this package without gevent
+
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    from xmpp_user.observe import webui
+
     webui.install(environment)
+    try:
+        _serve_metrics(environment)
+    except (OSError, ImportError) as exc:
+        sys.stderr.write(f"locust-xmpp: error: {exc}\n")
+        sys.exit(2)
+
+    def on_test_start(**_kw: Any) -> None:
+        try:
+            _serve_metrics(environment)
+        except (OSError, ImportError) as exc:
+            log.error("locust-xmpp: no Prometheus metrics: %s", exc)
+
+    environment.events.test_start.add_listener(on_test_start)
+
+
+def _serve_metrics(environment: Any) -> None:
+    options = environment.parsed_options
+    port = int(getattr(options, "xmpp_metrics_port", 0) or 0)
+    if not port:
+        return
+    host = getattr(options, "xmpp_metrics_host", "") or "127.0.0.1"
+    try:
+        from xmpp_user.observe import metrics
+    except ImportError:
+        raise ImportError(MISSING_CLIENT) from None
+    try:
+        metrics.start(environment, port, host)
+    except OSError as exc:
+        raise OSError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None

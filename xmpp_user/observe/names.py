@@ -1,4 +1,4 @@
-"""The Prometheus metric families of locust-xmpp, by the process that exports them.
+"""The Prometheus metric families of locust-xmpp, by the process that exports them, and the exporters' ports.
 
 Names follow Prometheus conventions: base units (seconds, bytes), ``_total`` for counters. The
 generator's families come from the master (or the local runner), every worker's data summed; the
@@ -30,6 +30,14 @@ DELIVERIES_LOST = f"{GENERATOR}_deliveries_lost"
 """Gauge: expected and not delivered so far, to receivers still connected (final at the run's end)."""
 DELIVERIES_UNEXPECTED = f"{GENERATOR}_deliveries_unexpected"
 DELIVERIES_UNVERIFIED = f"{GENERATOR}_deliveries_unverified"
+DELIVERIES_DUPLICATED = f"{GENERATOR}_deliveries_duplicated_total"
+"""Counter: second (and later) deliveries of a message to the same receiver."""
+DELIVERIES_OUT_OF_ORDER = f"{GENERATOR}_deliveries_out_of_order_total"
+"""Counter: first deliveries that came after a later message of the same sender."""
+MISSING_WORKERS = f"{GENERATOR}_missing_workers"
+"""Gauge: workers that stopped answering the master during the run (they stay counted after Locust forgets them)."""
+MISSING_USERS = f"{GENERATOR}_missing_users"
+"""Gauge: the users those workers had."""
 PHASE = f"{GENERATOR}_phase"
 """Gauge, label ``phase``: 1 for the phase in force (one series per phase of the plan, the others 0)."""
 PHASE_PLANNED_USERS = f"{GENERATOR}_phase_planned_users"
@@ -50,6 +58,13 @@ SERVER_OPEN_FDS = f"{SERVER}_process_open_fds"
 SERVER_THREADS = f"{SERVER}_process_threads"
 SERVER_UP = f"{SERVER}_up"
 """Gauge: 1 while the watched process exists, 0 once it is gone."""
+SERVER_METRICS_UP = f"{SERVER}_metrics_up"
+"""Gauge, only with ``--server-metrics``: 1 if this scrape fetched and parsed the server's own metrics, else 0."""
+
+GENERATOR_PORT = 9646
+"""Default port of the generator's exporter (``--xmpp-metrics-port``; dashboards/prometheus.yml scrapes it)."""
+SERVER_PORT = 9647
+"""Default port of ``locust-xmpp exporter``."""
 
 # Prosody's own families, passed on unchanged by the server exporter (Prosody only: ejabberd publishes none in
 # the lab). Seen on Prosody 0.12.3 with mod_http_openmetrics; Prosody 0.12 publishes no MUC occupant count.
