@@ -14,6 +14,7 @@ from locust.exception import StopUser
 from xmpp_user import observe, outcome
 from xmpp_user import options as _options  # registers the command-line options
 from xmpp_user.client import XmppClient, XmppRequestFailed
+from xmpp_user.distribute import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,7 @@ def _install_outcome(environment: Any, **_kw: Any) -> None:
     if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
         outcome.install(environment)
         observe.install(environment)
+        dispatch.install(environment)
 
 
 @events.init.add_listener
