@@ -216,20 +216,20 @@ class Conclusion:
 def conclusions(run: Run, rows: list[PhaseRow] | None = None) -> list[Conclusion]:
     rows = phase_rows(run) if rows is None else rows
     return [
-        feature_share(run, rows, "vcards", "The vCard (avatar) emulation", VCARD_REQUESTS, 1, 2),
-        feature_share(run, rows, "mam", "Reading the room archive (MAM) on joining", MAM_REQUESTS, 2, 3),
+        feature_share(run, rows, "vcards", "vCard CPU share", "The vCard (avatar) emulation", VCARD_REQUESTS, 1, 2),
+        feature_share(run, rows, "mam", "MAM CPU share", "Reading the room archive (MAM) on joining", MAM_REQUESTS,
+                      2, 3),  # fmt: skip
         memory_per_session(run),
         failures_began(run),
     ]
 
 
 def feature_share(
-    run: Run, rows: list[PhaseRow], key: str, feature: str, requests: Iterable[str], with_batch: int,
+    run: Run, rows: list[PhaseRow], key: str, title: str, feature: str, requests: Iterable[str], with_batch: int,
     without_batch: int,
 ) -> Conclusion:  # fmt: skip
     """The feature's share of the server's CPU while a batch of viewers joined: the CPU time the server
     used in ``batch<with>-join`` (with the feature) against ``batch<without>-join`` (without it)."""
-    title = f"{feature}: its share of the server's CPU while viewers join"
     with_name, without_name = f"batch{with_batch}-join", f"batch{without_batch}-join"
     by_name = {r.name: r for r in rows if not r.skipped}
 
@@ -314,7 +314,7 @@ def pair_rss(samples: Sequence[Sample], server: Sequence[ServerSample]) -> list[
 
 
 def memory_per_session(run: Run) -> Conclusion:
-    key, title = "memory", "Server memory per connected session"
+    key, title = "memory", "Memory per session"
 
     def not_drawn(reason: str) -> Conclusion:
         return Conclusion(key, title, f"The memory per connected session cannot be drawn, as {reason}.", False)
@@ -351,7 +351,7 @@ def memory_per_session(run: Run) -> Conclusion:
 
 
 def failures_began(run: Run) -> Conclusion:
-    key, title = "failures", "Where requests began to fail"
+    key, title = "failures", "Where failures began"
     if not run.timeline:
         text = "Where failures began cannot be drawn, as the run has no timeline samples."
         return Conclusion(key, title, text, False)
