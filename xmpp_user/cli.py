@@ -1,4 +1,4 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register`` and ``report``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -133,11 +133,31 @@ def lab_register(args: argparse.Namespace) -> int:
 
 # ---- end of lab register ----
 
+
+# ---- report: the HTML report of a run (xmpp_user.observe.report) ----
+def report(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib is slow to import and the lab subcommands do not need it.
+    from xmpp_user.observe.model import MissingData
+    from xmpp_user.observe.report import report_files
+
+    try:
+        done = report_files(args.prefix)
+    except MissingData as exc:
+        raise CliError(str(exc)) from None
+    for conclusion in done.conclusions:
+        print(f"- {conclusion.text}")
+    print(f"Report: {done.html}")
+    return EXIT_OK
+
+
+# ---- end of report ----
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
     "lab down": lab_down,
     "lab status": lab_status,
     "lab register": lab_register,
+    "report": report,
 }
 
 
@@ -183,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--url", help="WebSocket URL (default: the running lab's)")
     register.add_argument("--domain", help="XMPP domain (default: the lab's registered domain)")
     register.set_defaults(command="lab register")
+
+    rep = commands.add_parser("report", help="write PREFIX_report.html (charts, phase table, conclusions) "
+                              "for a run made with --csv PREFIX")  # fmt: skip
+    rep.add_argument("prefix", metavar="PREFIX", help="the --csv prefix of the run")
+    rep.set_defaults(command="report")
 
     return parser
 

@@ -16,7 +16,8 @@ The server is observed when ``--xmpp-server-pid N`` names its process on this ho
 With ``--csv PREFIX`` the samples are written at the end of the run as ``PREFIX_timeline.csv``,
 ``PREFIX_server.csv`` and ``PREFIX_phase_stats.json``, after the phases have closed and the last
 statistics have come in (at ``test_stop`` on a local runner, when quitting on a master, which is when
-its workers' last reports arrive). On a master the statistics are those the workers have reported so
+its workers' last reports arrive), and a headless run then writes its report
+(``xmpp_user.observe.report``). On a master the statistics are those the workers have reported so
 far: they lag the run by up to Locust's report interval (3 s).
 """
 
@@ -162,7 +163,7 @@ class Recorder:
         self._greenlets = []
 
     def finish(self) -> None:
-        """The run ended: the last samples, then the files."""
+        """The run ended: the last samples, then the files and, for a headless run, the report."""
         if self.written or not (self.samples or self.snapshots):
             return
         self.written = True
@@ -174,6 +175,13 @@ class Recorder:
         if not prefix:
             return
         self.write(prefix)
+        if getattr(options, "headless", False):
+            from xmpp_user.observe import report
+
+            try:
+                report.report_files(prefix)
+            except Exception:
+                log.exception("The report of %s could not be written", prefix)
 
     def write(self, prefix: str) -> None:
         if directory := os.path.dirname(prefix):
