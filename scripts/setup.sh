@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
-# Prosody and ejabberd (the lab servers) and Chromium (for the web UI test) from apt, and the package
-# with its test tools (and Playwright) in .venv.
+# Prosody and ejabberd (the lab servers), Chromium (for the web UI test) and Prometheus (for the report's
+# Prometheus source test) from apt, and the package with its test tools (and Playwright) in .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,8 @@ command -v prosody >/dev/null || need_apt+=(prosody)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Debian's Chromium, for the web UI test (Playwright drives it; it cannot download its own browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# Prometheus, for the test of the report's Prometheus source (the tests run their own, never the service).
+command -v prometheus >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -51,6 +51,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+    return value
+
+
 def _run_dir(args: argparse.Namespace) -> Path:
     # Read at run time, not when the parser is built, so tests and scripts can set it late.
     return Path(args.run_dir or os.environ.get("LOCUST_XMPP_LAB_DIR") or ".lab")
@@ -138,11 +148,12 @@ def lab_register(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     # Imported here: matplotlib is slow to import and the lab subcommands do not need it.
     from xmpp_user.observe.model import MissingData
+    from xmpp_user.observe.prometheus import PrometheusError
     from xmpp_user.observe.report import report_files
 
     try:
-        done = report_files(args.prefix)
-    except MissingData as exc:
+        done = report_files(args.prefix, prometheus=args.prometheus, step=args.step)
+    except (MissingData, PrometheusError) as exc:
         raise CliError(str(exc)) from None
     for conclusion in done.conclusions:
         print(f"- {conclusion.text}")
@@ -207,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     rep = commands.add_parser("report", help="write PREFIX_report.html (charts, phase table, conclusions) "
                               "for a run made with --csv PREFIX")  # fmt: skip
     rep.add_argument("prefix", metavar="PREFIX", help="the --csv prefix of the run")
+    rep.add_argument("--prometheus", metavar="URL",
+                     help="read the series from this Prometheus (e.g. http://prometheus:9090) over the span of "
+                          "PREFIX_phases.json, instead of the run's own files")  # fmt: skip
+    rep.add_argument("--step", type=_positive_float, default=1.0, metavar="SECONDS",
+                     help="resolution of the series read from Prometheus (default 1)")  # fmt: skip
     rep.set_defaults(command="report")
 
     return parser

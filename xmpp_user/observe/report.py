@@ -1,6 +1,8 @@
 """The report of a run: ``PREFIX_report.html`` with its charts, from one model whichever source filled it.
 
-``report_files(prefix)`` reads the files a run wrote with ``--csv PREFIX`` and writes:
+``report_files(prefix)`` reads the files a run wrote with ``--csv PREFIX`` (``report_files(prefix,
+prometheus=URL)`` reads the same series from Prometheus instead, the phases still from
+``PREFIX_phases.json``), and writes:
 
 - ``PREFIX_report_server.png``: the server's CPU % and RSS over time, the phases as labelled bands;
 - ``PREFIX_report_load.png``: users, sessions open and messages per second on the same time axis,
@@ -42,9 +44,15 @@ class Report:
     rows: list[PhaseRow]
 
 
-def report_files(prefix: str | Path) -> Report:
-    """Read a run from its files and write its report beside them."""
-    return write_report(load_files(prefix), prefix)
+def report_files(prefix: str | Path, prometheus: str | None = None, step: float = 1.0) -> Report:
+    """Read a run (from its files, or from Prometheus) and write its report beside its files."""
+    if prometheus:
+        from xmpp_user.observe import prometheus as source
+
+        run = source.load(prometheus, prefix, step=step)
+    else:
+        run = load_files(prefix)
+    return write_report(run, prefix)
 
 
 def write_report(run: Run, prefix: str | Path) -> Report:
