@@ -78,7 +78,7 @@ def find_server(options: Any, host: str | None) -> tuple[int | None, str, str]:
     """The server process to observe: (pid or None, how to name it, a note saying how it was found or why
     it was not)."""
     wanted = getattr(options, "xmpp_server_pid", None) if options is not None else None
-    if wanted not in (None, ""):
+    if wanted not in (None, "", "None"):  # the web UI form may send the default as text
         try:
             pid = int(wanted)
         except (TypeError, ValueError):
