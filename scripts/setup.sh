@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
 # Prosody and ejabberd (the lab servers), Chromium (for the web UI tests) and Prometheus (promtool checks
-# the dashboard's queries; the exporter tests run a private one) from apt, the package with its test tools
-# (Playwright, kubernetes-validate) in .venv, and, where npm is, the Node test tools of tests/tools.
+# the dashboard's queries; the exporter and report tests run a private one) from apt, the package with
+# its test tools (Playwright, kubernetes-validate) in .venv, and, where npm is, the Node test tools of
+# tests/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,13 +11,12 @@ need_apt=()
 command -v prosody >/dev/null || need_apt+=(prosody)
 # ejabberdctl lives in /usr/sbin, which a user's PATH may lack.
 [ -x /usr/sbin/ejabberdctl ] || need_apt+=(ejabberd)
-# promtool checks the exporters' output and the scrape config; the tests run a private Prometheus.
-command -v promtool >/dev/null || need_apt+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Debian's Chromium, for the web UI test (Playwright drives it; it cannot download its own browser here).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
-# promtool parses and evaluates the dashboard's PromQL in the tests; Prometheus itself is never started as a service.
-command -v promtool >/dev/null || need_apt+=(prometheus)
+# Prometheus: promtool checks the exporters' output, the scrape config and the dashboard's PromQL; the exporter
+# and report tests run a private one (never the service).
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
 if ((${#need_apt[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

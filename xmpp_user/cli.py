@@ -1,4 +1,4 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register`` and ``exporter``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter`` and ``report``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -50,6 +50,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
     return value
 
 
@@ -165,12 +175,32 @@ def exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- report: the HTML report of a run (xmpp_user.observe.report) ----
+def report(args: argparse.Namespace) -> int:
+    # Imported here: matplotlib is slow to import and the lab subcommands do not need it.
+    from xmpp_user.observe.model import MissingData
+    from xmpp_user.observe.prometheus import PrometheusError
+    from xmpp_user.observe.report import report_files
+
+    try:
+        done = report_files(args.prefix, prometheus=args.prometheus, step=args.step)
+    except (MissingData, PrometheusError) as exc:
+        raise CliError(str(exc)) from None
+    for conclusion in done.conclusions:
+        print(f"- {conclusion.text}")
+    print(f"Report: {done.html}")
+    return EXIT_OK
+
+
+# ---- end of report ----
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
     "lab down": lab_down,
     "lab status": lab_status,
     "lab register": lab_register,
     "exporter": exporter,
+    "report": report,
 }
 
 
@@ -236,6 +266,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--server-metrics", metavar="URL",
                         help="the server's own metrics endpoint to pass on (Prosody: http://HOST:5280/metrics)")
     export.set_defaults(command="exporter")
+    rep = commands.add_parser("report", help="write PREFIX_report.html (charts, phase table, conclusions) "
+                              "for a run made with --csv PREFIX")  # fmt: skip
+    rep.add_argument("prefix", metavar="PREFIX", help="the --csv prefix of the run")
+    rep.add_argument("--prometheus", metavar="URL",
+                     help="read the series from this Prometheus (e.g. http://prometheus:9090) over the span of "
+                          "PREFIX_phases.json, instead of the run's own files")  # fmt: skip
+    rep.add_argument("--step", type=_positive_float, default=1.0, metavar="SECONDS",
+                     help="resolution of the series read from Prometheus (default 1)")  # fmt: skip
+    rep.set_defaults(command="report")
 
     return parser
 

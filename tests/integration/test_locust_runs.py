@@ -3,6 +3,7 @@ and the failures that must not stop a run (see runs.py for how a run is driven a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -296,7 +297,8 @@ def test_jitsi_rooms_hold_their_participants(lab, tmp_path: Path) -> None:
 # -- distributed -----------------------------------------------------------------------------------
 
 
-def test_livechat_distributed_over_two_workers(lab, tmp_path: Path) -> None:
+def test_livechat_distributed_over_two_workers(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCUST_XMPP_LAB_DIR", str(lab.run_dir))  # the master observes the lab's server
     port, prefix, room = free_port(), tmp_path / "dist", room_name("dist")
     master_cmd = locust_command(
         "livechat.py", "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
@@ -330,6 +332,12 @@ def test_livechat_distributed_over_two_workers(lab, tmp_path: Path) -> None:
     assert truth["lost"] == 0 and truth["duplicated"] == 0
     assert truth["delivered"] == truth["expected"] == TALK * n + SEED * 2 == run.count("message_delivery")
     assert_phases_in_order(run, ["seed", "seed-leave", "batch1-join", "batch1-talk", "batch1-leave"])
+    # The master sampled the run with the workers' statistics, and wrote the report once they had all come in.
+    phase_stats = json.loads(Path(f"{prefix}_phase_stats.json").read_text())
+    assert phase_stats["server"]["pid"] == lab.pid
+    assert [s["phase"] for s in phase_stats["snapshots"]] == [p["phase"] for p in run.phases] + [None]
+    assert phase_stats["snapshots"][-1]["requests"]["vcard_occupant"]["requests"] == n * (n - 1)
+    assert Path(f"{prefix}_report.html").stat().st_size > 0 and Path(f"{prefix}_report_server.png").exists()
     archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
     assert len(archive) == TALK + SEED
 

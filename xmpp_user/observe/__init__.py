@@ -8,11 +8,14 @@
   server's own metrics passed on.
 - ``webui``: the XMPP tab of Locust's web UI (phase, users and sessions, message truth, deviations, the
   server's CPU and memory, the report), and its JSON at ``/xmpp/status``.
+- ``timeline``: samples of the run and of the server process while it goes on; ``model``: those samples
+  as plain data, and their files; ``analysis``: per-phase figures and conclusions; ``report``: the HTML
+  report and its charts (``locust-xmpp report PREFIX``, and at the end of a headless run with ``--csv``).
 
 Each part installs itself on a Locust environment through ``install`` below, which every
 ``XmppUser`` locustfile calls at ``init``. prometheus-client (the ``metrics`` extra) is imported only
-when an exporter is asked for, and Locust (with gevent's monkey patching) only by ``install``. The
-generator's options are in ``xmpp_user.options``.
+when an exporter is asked for, and matplotlib only when a report is drawn. The generator's options are
+in ``xmpp_user.options`` (the metrics port) and ``timeline`` (``--xmpp-server-pid``).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import logging
 import sys
 from typing import Any
+
+from xmpp_user.observe import timeline  # registers --xmpp-server-pid
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +37,13 @@ def install(environment: Any) -> None:
     With ``--xmpp-metrics-port`` on the command line the exporter serves from the start (a port taken
     is one line and exit code 2); a port first set in the web UI form starts it with the run.
     """
-    from locust.runners import WorkerRunner  # here: ``locust-xmpp exporter`` imports this package without gevent
+    from locust.runners import WorkerRunner
 
     if isinstance(environment.runner, WorkerRunner):
         return
     from xmpp_user.observe import webui
 
+    timeline.install(environment)
     webui.install(environment)
     try:
         _serve_metrics(environment)
