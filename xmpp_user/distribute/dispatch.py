@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -118,7 +119,8 @@ class _Budgets:
         data = self.inputs.get(node_id)
         if data is None:
             return None
-        # Workers of one host connecting from the same addresses share its ephemeral ports.
+        # Workers of one host (one network namespace of it) connecting from the same addresses share its ephemeral
+        # ports.
         sharing = sum(1 for other in self.inputs.values() if other["shares_ports_with"] == data["shares_ports_with"])
         return compute(data["open_files"], tuple(data["port_range"]), data["source_addresses"],
                        data["per_process"], sharing)  # type: ignore[arg-type]  # fmt: skip
@@ -134,8 +136,21 @@ def limits_of_this_process(options: Any, node_id: str) -> dict[str, Any]:
         "port_range": list(local_port_range()),
         "source_addresses": max(1, len(sources)),
         "per_process": per_process,
-        "shares_ports_with": f"{host}|{','.join(sources)}",
+        "shares_ports_with": f"{host}|{network_namespace()}|{','.join(sources)}",
     }
+
+
+def network_namespace(link: str = "/proc/self/ns/net") -> str:
+    """This process's network namespace (``net:[INODE]``; '' where there is none to read).
+
+    Ephemeral ports belong to a network namespace, not to a host name: processes of one host in different
+    namespaces (containers, pods, ``ip netns exec``) have a port range each, though they share the host's name.
+    Two hosts can have the same inode: the host name tells them apart.
+    """
+    try:
+        return os.readlink(link)
+    except OSError:
+        return ""
 
 
 def install(environment: Environment) -> None:
