@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+from locust.runners import WorkerRunner
 
 from xmpp_user import options
 from xmpp_user.transport import check_url
@@ -94,3 +95,15 @@ def test_user_numbers_are_unique_across_workers() -> None:
     b = options.next_user_number(1)
     assert b - a >= 1_000_000 - 1
     assert options.next_user_number(0) != a
+
+
+def test_a_worker_keeps_its_own_source_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Locust copies the master's options over a worker's at every spawn; a worker's addresses are its own.
+    monkeypatch.setattr(options, "_own", {})
+    worker_options = make(xmpp_source_ips="10.0.0.1,10.0.0.2", xmpp_users_per_process=700)
+    worker = SimpleNamespace(runner=object.__new__(WorkerRunner), parsed_options=worker_options)
+    options._keep_host_options(worker)
+    vars(worker_options).update({"xmpp_source_ips": "", "xmpp_users_per_process": 5000})  # the master's
+    settings = options.settings_from(worker_options, "ws://example.org/ws")
+    assert settings.source_ips == ("10.0.0.1", "10.0.0.2")
+    assert options.host_option(worker_options, "xmpp_users_per_process") == 700

@@ -28,6 +28,7 @@ from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerNode,
 
 from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, Budget, compute, raise_open_file_limit
+from xmpp_user.options import host_option
 from xmpp_user.phases import PhasedShape
 from xmpp_user.transport import local_port_range
 
@@ -128,8 +129,9 @@ class _Budgets:
 
 def limits_of_this_process(options: Any, node_id: str) -> dict[str, Any]:
     """What a process reports of its limits (plain data for the master)."""
-    per_process = int(getattr(options, "xmpp_users_per_process", DEFAULT_USERS_PER_PROCESS) or 0)
-    sources = sorted(ip.strip() for ip in (getattr(options, "xmpp_source_ips", "") or "").split(",") if ip.strip())
+    per_process = host_option(options, "xmpp_users_per_process")
+    per_process = DEFAULT_USERS_PER_PROCESS if per_process is None else int(per_process or 0)
+    sources = sorted(ip.strip() for ip in (host_option(options, "xmpp_source_ips") or "").split(",") if ip.strip())
     host = node_id.split("_")[0]
     return {
         "open_files": raise_open_file_limit(),
