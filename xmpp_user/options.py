@@ -208,9 +208,14 @@ _own: dict[str, Any] = {}
 
 
 @events.init.add_listener
-def _keep_host_options(environment: Any, **_kw: Any) -> None:
+def _on_init(environment: Any, **_kw: Any) -> None:
     if isinstance(environment.runner, WorkerRunner) and environment.parsed_options is not None:
-        _own.update({name: getattr(environment.parsed_options, name, None) for name in HOST_OPTIONS})
+        keep_host_options(environment.parsed_options)
+
+
+def keep_host_options(options: Any) -> None:
+    """Remember this worker's ``HOST_OPTIONS`` from its own command line, before the master's arrive."""
+    _own.update({name: getattr(options, name, None) for name in HOST_OPTIONS})
 
 
 def host_option(options: Any, name: str) -> Any:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
-from locust.runners import WorkerRunner
 
 from xmpp_user import options
 from xmpp_user.transport import check_url
@@ -101,8 +100,7 @@ def test_a_worker_keeps_its_own_source_addresses(monkeypatch: pytest.MonkeyPatch
     # Locust copies the master's options over a worker's at every spawn; a worker's addresses are its own.
     monkeypatch.setattr(options, "_own", {})
     worker_options = make(xmpp_source_ips="10.0.0.1,10.0.0.2", xmpp_users_per_process=700)
-    worker = SimpleNamespace(runner=object.__new__(WorkerRunner), parsed_options=worker_options)
-    options._keep_host_options(worker)
+    options.keep_host_options(worker_options)  # what a worker does at init
     vars(worker_options).update({"xmpp_source_ips": "", "xmpp_users_per_process": 5000})  # the master's
     settings = options.settings_from(worker_options, "ws://example.org/ws")
     assert settings.source_ips == ("10.0.0.1", "10.0.0.2")
