@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from locust import events
+from locust.runners import WorkerRunner
 
 from xmpp_user.core.stream import Credentials
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS
@@ -142,7 +143,8 @@ def add_options(parser: Any) -> None:
     group.add_argument(
         "--xmpp-source-ips",
         default="",
-        help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host)",
+        help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host); "
+        "a worker uses its own, not the master's",
     )
     group.add_argument(
         "--xmpp-users-per-process",
@@ -197,6 +199,29 @@ class Settings:
 
 _cache: dict[tuple[int, str | None], Settings] = {}
 
+HOST_OPTIONS = ("xmpp_source_ips", "xmpp_users_per_process")
+"""Options about a generator's own host and process. Locust copies the master's options over a worker's at
+every spawn message; for these a worker keeps what its own command line said (its addresses are not the
+master's): read them with ``host_option``."""
+_own: dict[str, Any] = {}
+"""On a worker: the ``HOST_OPTIONS`` as its command line gave them."""
+
+
+@events.init.add_listener
+def _on_init(environment: Any, **_kw: Any) -> None:
+    if isinstance(environment.runner, WorkerRunner) and environment.parsed_options is not None:
+        keep_host_options(environment.parsed_options)
+
+
+def keep_host_options(options: Any) -> None:
+    """Remember this worker's ``HOST_OPTIONS`` from its own command line, before the master's arrive."""
+    _own.update({name: getattr(options, name, None) for name in HOST_OPTIONS})
+
+
+def host_option(options: Any, name: str) -> Any:
+    """One of ``HOST_OPTIONS``: a worker's own value, whatever the master sent; elsewhere the option's value."""
+    return _own[name] if name in _own else getattr(options, name, None)
+
 
 def settings_from(options: Any, host: str | None) -> Settings:
     """Build and validate settings; raises ValueError with a one-line reason."""
@@ -219,7 +244,7 @@ def settings_from(options: Any, host: str | None) -> Settings:
         normalise(options.xmpp_domain)
     except ValueError as exc:
         raise ValueError(f"bad --xmpp-domain, --xmpp-muc or --xmpp-room: {exc}") from None
-    source_ips = tuple(ip.strip() for ip in (getattr(options, "xmpp_source_ips", "") or "").split(",") if ip.strip())
+    source_ips = tuple(ip.strip() for ip in (host_option(options, "xmpp_source_ips") or "").split(",") if ip.strip())
     settings = Settings(
         url=url,
         domain=options.xmpp_domain,

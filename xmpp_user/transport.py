@@ -99,7 +99,7 @@ class WebSocketTransport:
         )
         ws.frame_buffer = _LimitedFrameBuffer(ws.frame_buffer.recv, max_frame)
         try:
-            sock = _BufferedSocket(_open_socket(parts, source_address, timeout, verify_tls))
+            sock = _BufferedSocket(_open_socket(parts, where, source_address, timeout, verify_tls))
             # The subprotocol goes as a plain header: asked through ``subprotocols``, websocket-client
             # refuses an answer without it as an "Invalid WebSocket Header", which names nothing.
             ws.connect(url, socket=sock, header=[_ASK_XMPP], timeout=timeout, suppress_origin=True)
@@ -219,7 +219,8 @@ def _one_line(exc: BaseException, size: int = 200) -> str:
     return text if len(text) <= size else text[: size - 3] + "..."
 
 
-def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_tls: bool) -> socket.socket:
+def _open_socket(parts: SplitResult, where: str, source: str | None, timeout: float,
+                 verify_tls: bool) -> socket.socket:  # fmt: skip
     """TCP (and TLS for wss) to the server, from ``source`` if given: one IP per worker host
     multiplies the ephemeral port range."""
     port = parts.port or (443 if parts.scheme == "wss" else 80)
@@ -228,7 +229,7 @@ def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_
     try:
         sock.settimeout(timeout)
         if source:
-            sock.bind((source, 0))
+            _bind(sock, where, source)
         sock.connect(address)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except BaseException:
@@ -239,12 +240,31 @@ def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_
     return sock
 
 
+def _bind(sock: socket.socket, where: str, source: str) -> None:
+    """Take a port on ``source`` before connecting. The kernel picks it here, for no destination in
+    particular, so its errors differ from connect's: EADDRINUSE when the range is used up,
+    EADDRNOTAVAIL when ``source`` is not an address of this host."""
+    try:
+        sock.bind((source, 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise TransportError(_no_port_left(where, source)) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            reason = f"cannot connect from {source}: not an address of this host (--xmpp-source-ips)"
+            raise TransportError(reason) from None
+        raise
+
+
+def _no_port_left(where: str, source: str | None) -> str:
+    low, high = local_port_range()
+    return (f"no local port left to connect to {where} from {source or 'this host'}: its {high - low + 1} "
+            "ephemeral ports are in use (add source addresses with --xmpp-source-ips, or workers)")  # fmt: skip
+
+
 def _limit_reached(exc: OSError, where: str, source: str | None) -> str:
     """The one-line reason when a connection fails on a limit of this machine, not of the server."""
-    if exc.errno == errno.EADDRNOTAVAIL:
-        low, high = local_port_range()
-        return (f"no local port left to connect to {where} from {source or 'this host'}: its {high - low + 1} "
-                "ephemeral ports are in use (add source addresses with --xmpp-source-ips, or workers)")  # fmt: skip
+    if exc.errno == errno.EADDRNOTAVAIL:  # connect() found no free port for this destination
+        return _no_port_left(where, source)
     if exc.errno in (errno.EMFILE, errno.ENFILE):
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         return f"no file descriptor left in this process (open-file limit {soft}): run more worker processes"

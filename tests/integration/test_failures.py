@@ -60,6 +60,18 @@ def test_wrong_path_and_unknown_host(lab) -> None:
     assert_still_works(lab)
 
 
+def test_a_source_address_not_of_this_host_is_named(lab) -> None:
+    events = Recorder()
+    # 192.0.2.1 (TEST-NET-1) is no address of ours: bind refuses it, nothing is sent.
+    client = XmppClient(lab.websocket_url, lab.domain, request_event=events, source_address="192.0.2.1")
+    with pytest.raises(XmppRequestFailed) as raised:
+        client.connect()
+    client.close()
+    assert str(raised.value) == "cannot connect from 192.0.2.1: not an address of this host (--xmpp-source-ips)"
+    assert events.failures == [("connect", str(raised.value))]
+    assert_still_works(lab)
+
+
 def test_http_500_on_upgrade(lab) -> None:
     with FaultServer(http_500) as server:
         events, message = attempt(server.url)

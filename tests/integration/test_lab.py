@@ -427,7 +427,7 @@ def test_port_in_use_seen_by_the_server(server: str, lab_dir: Path, monkeypatch:
     # Past the pre-check (a port taken in between): Prosody keeps running without the port and logs it,
     # ejabberd logs it and gives up; the lab must notice, stop what runs and say which port.
     skip_unless_available(server)
-    monkeypatch.setattr(lab_module, "port_in_use", lambda port: False)
+    monkeypatch.setattr(lab_module, "port_in_use", lambda port, *_where: False)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

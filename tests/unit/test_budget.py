@@ -99,6 +99,18 @@ def test_workers_of_one_host_share_its_ports() -> None:
     assert [table.of(node).users for node in ("h1_a", "h1_b", "h2_a")] == [500, 500, 1000]
 
 
+def test_processes_share_ports_within_one_network_namespace_only() -> None:
+    # Two workers started by 'ip netns exec' (or in two containers) have the host's name and a port range each.
+    ours = dispatch.limits_of_this_process(argparse.Namespace(), "h1_a")
+    assert ours["shares_ports_with"] == f"h1|{dispatch.network_namespace()}|"
+    assert dispatch.network_namespace().startswith("net:[")
+    table = _Budgets()
+    table.inputs.update({"h1_a": {**_limits("h1"), "shares_ports_with": "h1|net:[1]|"},
+                         "h1_b": {**_limits("h1"), "shares_ports_with": "h1|net:[2]|"},
+                         "h1_c": {**_limits("h1"), "shares_ports_with": "h1|net:[2]|"}})  # fmt: skip
+    assert [table.of(node).users for node in ("h1_a", "h1_b", "h1_c")] == [1000, 500, 500]
+
+
 def test_a_run_that_cannot_fit_is_refused_in_one_line() -> None:
     env = Environment(user_classes=[_Viewer], parsed_options=argparse.Namespace(headless=True))
     runner = env.create_local_runner()

@@ -94,3 +94,14 @@ def test_user_numbers_are_unique_across_workers() -> None:
     b = options.next_user_number(1)
     assert b - a >= 1_000_000 - 1
     assert options.next_user_number(0) != a
+
+
+def test_a_worker_keeps_its_own_source_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Locust copies the master's options over a worker's at every spawn; a worker's addresses are its own.
+    monkeypatch.setattr(options, "_own", {})
+    worker_options = make(xmpp_source_ips="10.0.0.1,10.0.0.2", xmpp_users_per_process=700)
+    options.keep_host_options(worker_options)  # what a worker does at init
+    vars(worker_options).update({"xmpp_source_ips": "", "xmpp_users_per_process": 5000})  # the master's
+    settings = options.settings_from(worker_options, "ws://example.org/ws")
+    assert settings.source_ips == ("10.0.0.1", "10.0.0.2")
+    assert options.host_option(worker_options, "xmpp_users_per_process") == 700

@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,7 @@ from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerNode,
 
 from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, Budget, compute, raise_open_file_limit
+from xmpp_user.options import host_option
 from xmpp_user.phases import PhasedShape
 from xmpp_user.transport import local_port_range
 
@@ -118,7 +120,8 @@ class _Budgets:
         data = self.inputs.get(node_id)
         if data is None:
             return None
-        # Workers of one host connecting from the same addresses share its ephemeral ports.
+        # Workers of one host (one network namespace of it) connecting from the same addresses share its ephemeral
+        # ports.
         sharing = sum(1 for other in self.inputs.values() if other["shares_ports_with"] == data["shares_ports_with"])
         return compute(data["open_files"], tuple(data["port_range"]), data["source_addresses"],
                        data["per_process"], sharing)  # type: ignore[arg-type]  # fmt: skip
@@ -126,16 +129,30 @@ class _Budgets:
 
 def limits_of_this_process(options: Any, node_id: str) -> dict[str, Any]:
     """What a process reports of its limits (plain data for the master)."""
-    per_process = int(getattr(options, "xmpp_users_per_process", DEFAULT_USERS_PER_PROCESS) or 0)
-    sources = sorted(ip.strip() for ip in (getattr(options, "xmpp_source_ips", "") or "").split(",") if ip.strip())
+    per_process = host_option(options, "xmpp_users_per_process")
+    per_process = DEFAULT_USERS_PER_PROCESS if per_process is None else int(per_process or 0)
+    sources = sorted(ip.strip() for ip in (host_option(options, "xmpp_source_ips") or "").split(",") if ip.strip())
     host = node_id.split("_")[0]
     return {
         "open_files": raise_open_file_limit(),
         "port_range": list(local_port_range()),
         "source_addresses": max(1, len(sources)),
         "per_process": per_process,
-        "shares_ports_with": f"{host}|{','.join(sources)}",
+        "shares_ports_with": f"{host}|{network_namespace()}|{','.join(sources)}",
     }
+
+
+def network_namespace(link: str = "/proc/self/ns/net") -> str:
+    """This process's network namespace (``net:[INODE]``; '' where there is none to read).
+
+    Ephemeral ports belong to a network namespace, not to a host name: processes of one host in different
+    namespaces (containers, pods, ``ip netns exec``) have a port range each, though they share the host's name.
+    Two hosts can have the same inode: the host name tells them apart.
+    """
+    try:
+        return os.readlink(link)
+    except OSError:
+        return ""
 
 
 def install(environment: Environment) -> None:

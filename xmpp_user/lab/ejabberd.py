@@ -106,6 +106,8 @@ class EjabberdLab(Lab):
     def unavailable(self) -> str | None:
         if self.executable() is None:
             return self.install_hint
+        if self.netns or self.interface != "127.0.0.1":
+            return "the ejabberd lab listens on 127.0.0.1 only (a network namespace and interface are for Prosody's)"
         try:
             pwd.getpwnam(USER)
         except KeyError:

@@ -9,12 +9,19 @@ again from there. Both servers serve the same names: anonymous logins on ``domai
 
 With ``exporter_port``, ``up`` also starts ``locust-xmpp exporter`` beside the server, watching its PID
 file (``RUN/server.pid``) and passing on Prosody's ``/metrics``; ``down`` stops it first.
+
+A lab listens on 127.0.0.1 by default. The Prosody lab can run inside a network namespace instead
+(``netns``, made beforehand with ``ip netns add``; needs root) and listen on an address of it
+(``interface``), so that generators in other namespaces reach it as they would a server on another host:
+its command is then prefixed with ``ip netns exec NAME`` (which execs, so the PID is still Prosody's) and
+the lab probes its ports and metrics from inside that namespace.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,8 +110,14 @@ class Lab:
         *,
         server: str | None = None,
         rooms: str = "persistent",
+        interface: str = "127.0.0.1",
+        netns: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
+        self.interface = interface
+        """The address the server listens on (all its ports)."""
+        self.netns = netns or None
+        """The network namespace the server runs in (a name given by ``ip netns add``), None for ours."""
         self.c2s_port = c2s_port
         self.http_port = http_port
         self.storage = _choose("storage", storage, STORAGES)
@@ -130,6 +143,8 @@ class Lab:
         self.storage = record.get("storage", self.storage)
         self.log_level = record.get("log_level", self.log_level)
         self.rooms = record.get("rooms", "persistent")
+        self.interface = record.get("interface", "127.0.0.1")
+        self.netns = record.get("netns")
 
     # Paths and addresses
 
@@ -151,11 +166,11 @@ class Lab:
 
     @property
     def websocket_url(self) -> str:
-        return f"ws://127.0.0.1:{self.http_port}/xmpp-websocket"
+        return f"ws://{self.interface}:{self.http_port}/xmpp-websocket"
 
     @property
     def bosh_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/http-bind"
+        return f"http://{self.interface}:{self.http_port}/http-bind"
 
     @property
     def metrics_url(self) -> str | None:
@@ -177,7 +192,7 @@ class Lab:
 
     @property
     def c2s_address(self) -> tuple[str, int]:
-        return ("127.0.0.1", self.c2s_port)
+        return (self.interface, self.c2s_port)
 
     # Process
 
@@ -219,7 +234,18 @@ class Lab:
 
     def unavailable(self) -> str | None:
         """Why this server cannot start on this machine (one line), or None if it can."""
-        return self.install_hint if self.executable() is None else None
+        if self.executable() is None:
+            return self.install_hint
+        return self._netns_problem()
+
+    def _netns_problem(self) -> str | None:
+        if not self.netns:
+            return None
+        if os.geteuid() != 0 or shutil.which("ip") is None:
+            return "a lab in a network namespace needs root and the ip command (iproute2)"
+        if not Path(f"/run/netns/{self.netns}").exists():
+            return f"there is no network namespace {self.netns} (make it with  ip netns add {self.netns})"
+        return None
 
     def render_config(self) -> str:
         raise NotImplementedError
@@ -282,7 +308,12 @@ class Lab:
         reason = self.unavailable()
         if reason:
             raise LabError(reason)
-        for port in (self.c2s_port, self.http_port, *([exporter_port] if exporter_port else [])):
+        if exporter_port and self.netns:
+            raise LabError("the lab's exporter runs only beside a lab on loopback (not in a network namespace)")
+        for port in (self.c2s_port, self.http_port):
+            if port_in_use(port, self.interface, self.netns):
+                raise LabError(f"port {port} is already in use")
+        for port in [exporter_port] if exporter_port else []:
             if port_in_use(port):
                 raise LabError(f"port {port} is already in use")
 
@@ -292,7 +323,7 @@ class Lab:
         try:
             with open(self.console_path, "wb") as console:
                 self._proc = subprocess.Popen(
-                    self._command(),
+                    ["ip", "netns", "exec", self.netns, *self._command()] if self.netns else self._command(),
                     env=self._environment(),
                     stdin=subprocess.DEVNULL,
                     stdout=console,
@@ -363,6 +394,8 @@ class Lab:
             "launcher_pid": self._proc.pid,
             "c2s_port": self.c2s_port,
             "http_port": self.http_port,
+            "interface": self.interface,
+            "netns": self.netns,
             "storage": self.storage,
             "log_level": self.log_level,
             "websocket_url": self.websocket_url,
@@ -391,8 +424,8 @@ class Lab:
                 raise LabError(f"{self.name} exited with status {self._proc.returncode}: {self._last_words()}")
             if (
                 self._server_pid is not None
-                and port_open(self.c2s_port)
-                and port_open(self.http_port)
+                and port_open(self.c2s_port, self.interface, self.netns)
+                and port_open(self.http_port, self.interface, self.netns)
                 and self._serving()
             ):
                 return
@@ -461,6 +494,8 @@ class Lab:
             "run_dir": str(self.run_dir),
             "c2s_port": self.c2s_port,
             "http_port": self.http_port,
+            "interface": self.interface,
+            "netns": self.netns,
             "storage": self.storage,
             "websocket_url": self.websocket_url,
             "bosh_url": self.bosh_url,
@@ -478,7 +513,9 @@ class Lab:
         self.down()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.run_dir} rooms={self.rooms} c2s={self.c2s_port} http={self.http_port}>"
+        where = f" netns={self.netns}" if self.netns else ""
+        return (f"<{type(self).__name__} {self.run_dir} rooms={self.rooms} {self.interface}{where} c2s={self.c2s_port} "
+                f"http={self.http_port}>")  # fmt: skip
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:

@@ -2,14 +2,18 @@
 
 The lab signals only processes it started, by PID; these helpers tell whether a PID is still the
 process it was (its command line), find a launcher's descendants, and measure CPU and memory.
+A lab in a network namespace (``ip netns add NAME``) is probed from inside it: ``socket_in``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import resource
 import socket
 from pathlib import Path
+
+CLONE_NEWNET = 0x40000000
 
 
 def free_port() -> int:
@@ -19,20 +23,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
+def socket_in(netns: str | None = None) -> socket.socket:
+    """A new TCP socket in the network namespace named ``netns`` (by ``ip netns add``), or in ours.
+
+    A socket belongs to the namespace it was made in, whichever thread uses it later: only its creation
+    moves this thread there (setns) and back, with nothing in between that could yield to another greenlet.
+    """
+    if not netns:
+        return socket.socket()
+    setns = ctypes.CDLL(None, use_errno=True).setns
+    with open("/proc/thread-self/ns/net", "rb") as ours, open(f"/run/netns/{netns}", "rb") as theirs:
+        if setns(theirs.fileno(), CLONE_NEWNET) != 0:
+            error = ctypes.get_errno()
+            raise OSError(error, f"cannot enter network namespace {netns}: {os.strerror(error)}")
+        try:
+            return socket.socket()
+        finally:
+            if setns(ours.fileno(), CLONE_NEWNET) != 0:  # a thread left in the lab's namespace would misdirect all
+                raise RuntimeError(f"cannot return from network namespace {netns}: {os.strerror(ctypes.get_errno())}")
+
+
+def connect_in(netns: str | None, address: tuple[str, int], timeout: float) -> socket.socket:
+    """A TCP connection to ``address`` made from inside ``netns`` (None: ours)."""
+    sock = socket_in(netns)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def port_in_use(port: int, host: str = "127.0.0.1", netns: str | None = None) -> bool:
+    with socket_in(netns) as s:
         # Both servers bind with SO_REUSEADDR too, so sockets in TIME_WAIT do not count as "in use".
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return True
     return False
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1", netns: str | None = None) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with connect_in(netns, (host, port), timeout=0.5):
             return True
     except OSError:
         return False

@@ -7,18 +7,27 @@ OpenMetrics at ``/metrics``.
 
 from __future__ import annotations
 
+import http.client
 import shutil
-import urllib.request
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from xmpp_user.lab.lab import INSTALL_HINT, Lab
-from xmpp_user.lab.procs import mentions
+from xmpp_user.lab.procs import connect_in, mentions
 
 TEMPLATE = Path(__file__).with_name("prosody.cfg.lua.in")
-# No proxy for loopback, whatever http_proxy says.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP straight to the lab (never through a proxy, whatever http_proxy says), from inside its namespace."""
+
+    def __init__(self, host: str, port: int, netns: str | None, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.netns = netns
+
+    def connect(self) -> None:
+        self.sock = connect_in(self.netns, (self.host, self.port), self.timeout)
 
 
 class ProsodyLab(Lab):
@@ -48,7 +57,7 @@ class ProsodyLab(Lab):
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}/metrics"
+        return f"http://{self.interface}:{self.http_port}/metrics"
 
     def executable(self) -> str | None:
         return shutil.which("prosody")
@@ -56,6 +65,7 @@ class ProsodyLab(Lab):
     def render_config(self) -> str:
         return Template(TEMPLATE.read_text()).substitute(
             run_dir=str(self.run_dir),
+            interface=self.interface,
             c2s_port=self.c2s_port,
             http_port=self.http_port,
             storage=self.storage,
@@ -86,10 +96,26 @@ class ProsodyLab(Lab):
         # Prosody is the launched process itself; its command line names our config.
         return mentions(pid, self.config_path)
 
+    def metrics(self, timeout: float = 5) -> str:
+        """Prosody's OpenMetrics text (``metrics_url``), fetched from inside the lab's namespace if it has one;
+        raises OSError if it cannot be had."""
+        connection = _Connection(self.interface, self.http_port, self.netns, timeout)
+        try:
+            connection.request("GET", "/metrics")
+            response = connection.getresponse()
+            body = response.read().decode()
+        except http.client.HTTPException as exc:
+            raise OSError(f"bad answer from {self.metrics_url}: {exc!r}") from None
+        finally:
+            connection.close()
+        if response.status != 200:
+            raise OSError(f"HTTP {response.status} from {self.metrics_url}")
+        return body
+
     def _serving(self) -> bool:
         try:
-            with _OPENER.open(self.metrics_url, timeout=1) as response:
-                return response.status == 200
+            self.metrics(timeout=1)
+            return True
         except OSError:
             return False
 
