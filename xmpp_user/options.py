@@ -197,7 +197,7 @@ class Settings:
         return self.source_ips[n % len(self.source_ips)] if self.source_ips else None
 
 
-_cache: dict[tuple[int, str | None], Settings] = {}
+_cache: dict[tuple[Any, ...], Settings] = {}
 
 HOST_OPTIONS = ("xmpp_source_ips", "xmpp_users_per_process")
 """Options about a generator's own host and process. Locust copies the master's options over a worker's at
@@ -224,8 +224,13 @@ def host_option(options: Any, name: str) -> Any:
 
 
 def settings_from(options: Any, host: str | None) -> Settings:
-    """Build and validate settings; raises ValueError with a one-line reason."""
-    key = id(options), host
+    """Build and validate settings; raises ValueError with a one-line reason.
+
+    Cached by the values they come from: the web UI form changes the same options object in place.
+    """
+    values = {k: v for k, v in vars(options).items() if k.startswith("xmpp_")} if hasattr(options, "__dict__") else {}
+    values.update((name, host_option(options, name)) for name in HOST_OPTIONS)
+    key = (host, *sorted(values.items(), key=lambda item: item[0]))
     cached = _cache.get(key)
     if cached is not None:
         return cached

@@ -15,6 +15,7 @@ from xmpp_user import observe, outcome, phases
 from xmpp_user import options as _options  # registers the command-line options
 from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.distribute import dispatch
+from xmpp_user.observe import timeline  # noqa: F401  (registers --xmpp-server-pid)
 
 log = logging.getLogger(__name__)
 

@@ -105,3 +105,12 @@ def test_a_worker_keeps_its_own_source_addresses(monkeypatch: pytest.MonkeyPatch
     settings = options.settings_from(worker_options, "ws://example.org/ws")
     assert settings.source_ips == ("10.0.0.1", "10.0.0.2")
     assert options.host_option(worker_options, "xmpp_users_per_process") == 700
+
+
+def test_settings_follow_options_changed_in_place() -> None:
+    """The web UI form writes its values into the same options object: settings must follow."""
+    values = make()
+    first = options.settings_from(values, "ws://127.0.0.1:5280/xmpp-websocket")
+    values.xmpp_room = "another"
+    second = options.settings_from(values, "ws://127.0.0.1:5280/xmpp-websocket")
+    assert (first.room, second.room) == ("loadtest", "another")

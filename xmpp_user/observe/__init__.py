@@ -24,8 +24,6 @@ import logging
 import sys
 from typing import Any
 
-from xmpp_user.observe import timeline  # registers --xmpp-server-pid
-
 log = logging.getLogger(__name__)
 
 MISSING_CLIENT = "--xmpp-metrics-port needs prometheus-client: pip install 'locust-xmpp[metrics]'"
@@ -41,7 +39,7 @@ def install(environment: Any) -> None:
 
     if isinstance(environment.runner, WorkerRunner):
         return
-    from xmpp_user.observe import webui
+    from xmpp_user.observe import timeline, webui
 
     timeline.install(environment)
     webui.install(environment)
