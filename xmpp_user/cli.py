@@ -1,4 +1,4 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register`` and ``exporter``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter`` and ``k8s master``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -165,12 +165,24 @@ def exporter(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+
+# ---- k8s: the master's entry point in its pod (xmpp_user.deploy, manifests in k8s/) ----
+def k8s_master(args: argparse.Namespace) -> int:
+    from xmpp_user.deploy import master
+
+    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    return master.main(Path(args.results), locust_args)
+
+
+# ---- end of k8s ----
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
     "lab down": lab_down,
     "lab status": lab_status,
     "lab register": lab_register,
     "exporter": exporter,
+    "k8s master": k8s_master,
 }
 
 
@@ -236,6 +248,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--server-metrics", metavar="URL",
                         help="the server's own metrics endpoint to pass on (Prosody: http://HOST:5280/metrics)")
     export.set_defaults(command="exporter")
+
+    k8s = commands.add_parser("k8s", help="Kubernetes (manifests in k8s/)")
+    k8s_commands = k8s.add_subparsers(metavar="ACTION", required=True)
+    master = k8s_commands.add_parser(
+        "master", help="the Locust master's entry point in its pod (k8s/base/master.yaml)",
+        description="Run the master for the run in $LOCUST_XMPP_RUN (headless, then print its files into the log), "
+        "or without one the interactive master with its web UI.")  # fmt: skip
+    master.add_argument("--results", default="/results", metavar="DIR", help="where runs write (default /results)")
+    master.add_argument("locust_args", nargs=argparse.REMAINDER, metavar="-- LOCUST_ARGS",
+                        help="Locust's arguments for every master, e.g. --config FILE")  # fmt: skip
+    master.set_defaults(command="k8s master")
 
     return parser
 
