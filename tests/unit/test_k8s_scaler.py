@@ -12,6 +12,10 @@ from xmpp_user.deploy import transfer  # isort: skip
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +291,30 @@ def test_the_users_asked_become_locusts_unless_the_arguments_say() -> None:
     assert locust_arguments(["-f", "x.py"], 500) == ["--users", "500", "-f", "x.py"]
     assert locust_arguments(["-u", "7"], 500) == ["-u", "7"]
     assert locust_arguments(["--users=7"], 500) == ["--users=7"]
+
+
+def test_ctrl_c_while_waiting_for_the_workers_still_scales_them_back_to_zero(
+    k8s: Emulator, namespace: str, tmp_path: Path
+) -> None:
+    config = kubeconfig(k8s.directory, k8s.port, namespace)
+    command = [str(Path(sys.executable).with_name("locust-xmpp")), "k8s", "run", "--users", "5000", "--kubeconfig",
+               str(config), "--timeout", "60", "--", "-f", "/locustfiles/quickstart.py"]  # fmt: skip
+    with Controller(k8s.api, namespace, workers_ready=False, master_log=_master_log(tmp_path)):
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            while k8s.scales(namespace) != [1] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert k8s.scales(namespace) == [1], "the command scaled the workers"
+            process.send_signal(signal.SIGINT)
+            _out, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    assert process.returncode == 130, err
+    assert k8s.scales(namespace) == [1, 0]
+    assert "locust-xmpp/run" not in _master_annotations(k8s, namespace)
 
 
 # ---- Ctrl+C, on a fake cluster ----
