@@ -21,7 +21,7 @@ from schema_tools import REPO
 
 from xmpp_user import cli
 from xmpp_user.deploy import objects
-from xmpp_user.deploy.budget import workers_for
+from xmpp_user.deploy.budget import USERS_PER_WORKER, workers_for
 from xmpp_user.deploy.master import RUN_ENV
 
 KUBERNETES_VERSION = "1.32.0"
@@ -203,7 +203,9 @@ def test_the_overlays_are_sized_by_the_users_per_worker_budget(
     users = int(_one(docs, "ConfigMap", "locust-xmpp-env")["data"]["LOCUST_USERS"])
     replicas = _one(docs, "Deployment", objects.WORKER)["spec"]["replicas"]
     assert replicas == workers_for(users), f"{overlay}: {users} users need {workers_for(users)} workers"
-    assert f"{users:,} users: {replicas} worker" in (REPO / "k8s" / overlay / "kustomization.yaml").read_text()
+    comment = (REPO / "k8s" / overlay / "kustomization.yaml").read_text()
+    assert f"{users:,} users: {replicas} worker" in comment and f"{USERS_PER_WORKER:,} users per worker" in comment
+    assert f"{USERS_PER_WORKER:,} users per worker" in (REPO / "k8s" / "README.md").read_text()
     assert {doc["metadata"].get("namespace") for doc in docs} == {objects.NAMESPACE}
     binding = _one(docs, "RoleBinding", "locust-xmpp-runner")
     assert [s["namespace"] for s in binding["subjects"]] == [objects.NAMESPACE]
