@@ -2,8 +2,9 @@
 in namespaces of the test's own (network, mount, PID: one process namespace for both, as shareProcessNamespace
 gives), as the pod's non-root user, with only the pod's run directory writable. Prosody with the rendered lab
 config answers the readiness probe and c2s on an address other than loopback (it listens on every interface of the
-pod), logs no error, writes only in its run directory; the exporter, as the same user, reads Prosody's CPU, memory
-and open files and passes on its own metrics. Needs root (namespaces, setpriv) and Debian's Prosody.
+pod), logs no error, writes nothing but its run directory (/tmp and /var/tmp stay empty: the pod has no volume
+there); the exporter, as the same user, reads Prosody's CPU, memory and open files and passes on its own metrics.
+Needs root (namespaces, setpriv) and Debian's Prosody.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "k8s" / "prosody" / "prosody.yaml"
 CONFIG = REPO / "k8s" / "prosody" / "prosody.cfg.lua"
+SCRATCH = "/mnt"
+"""Where the test's scratch directory appears inside the namespaces (its own /tmp is an empty one there)."""
 POD_ADDRESS = "10.254.0.1"
 """The pod's address in the test's network namespace (a veth pair of its own, routed nowhere)."""
 
@@ -36,6 +39,12 @@ ip link add pod0 type veth peer name pod1
 ip addr add POD_ADDRESS/24 dev pod0
 ip link set pod0 up
 ip link set pod1 up
+# The scratch directory moves to /mnt, so that /tmp and /var/tmp can be empty ones, to see who writes there: the
+# pod's root filesystem is read-only, and neither container has a volume there.
+mount --bind "$scratch" SCRATCH
+scratch=SCRATCH
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 # The pod's run directory (an emptyDir), writable by the pod's user only: /var/lib of this mount namespace.
 mount -t tmpfs -o mode=755 tmpfs /var/lib
 mkdir -p "$run_dir/data"
@@ -49,11 +58,11 @@ if [ -d /root/.pyenv ]; then
     mount --bind "$scratch/pyenv" /root/.pyenv
 fi
 as_pod="setpriv --reuid $uid --regid $uid --clear-groups --inh-caps=-all --bounding-set=-all"
-HOME=/tmp $as_pod sh -c "exec $prosody_command" > "$scratch/prosody.log" 2>&1 &
+HOME=/nonexistent $as_pod sh -c "exec $prosody_command" > "$scratch/prosody.log" 2>&1 &
 HOME=/tmp $as_pod sh -c "until $exporter_command; do sleep 0.5; done" > "$scratch/exporter.log" 2>&1 &
 "$venv/bin/python" "$scratch/check.py" "$@" > "$scratch/result.json"
-find "$run_dir" -type f -o -type s > "$scratch/written.txt"
-""".replace("POD_ADDRESS", POD_ADDRESS)
+find "$run_dir" /tmp /var/tmp -type f -o -type s > "$scratch/written.txt"
+""".replace("POD_ADDRESS", POD_ADDRESS).replace("SCRATCH", SCRATCH)
 
 CHECK = r"""
 import json, socket, sys, time, urllib.request
@@ -98,18 +107,16 @@ def test_the_prosody_pod_serves_on_every_interface_as_its_user_and_its_exporter_
     ports = {p["name"]: p["containerPort"] for p in prosody["ports"]}
     metrics_port = exporter["ports"][0]["containerPort"]
 
-    # /tmp/pytest-of-root is root's only: the pod's user reads its config from a scratch directory of its own,
-    # which stands for the ConfigMap's mount (the config names that directory too, for certificates).
+    # /tmp/pytest-of-root is root's only: the pod's user reads its config from a scratch directory of its own, seen
+    # as SCRATCH inside; SCRATCH/config stands for the ConfigMap's mount (the config names it too, for certificates).
     scratch = Path(subprocess.run(["mktemp", "-d", "/tmp/k8s-prosody-XXXXXX"], capture_output=True, text=True,
                                   check=True).stdout.strip())  # fmt: skip
     try:
         scratch.chmod(0o755)
         (scratch / "config").mkdir()
-        (scratch / "config" / "prosody.cfg.lua").write_text(
-            CONFIG.read_text().replace(config_dir, str(scratch / "config"))
-        )
+        (scratch / "config" / "prosody.cfg.lua").write_text(CONFIG.read_text().replace(config_dir, f"{SCRATCH}/config"))
         (scratch / "check.py").write_text(CHECK)
-        prosody_command = " ".join(prosody["command"]).replace(config_dir, str(scratch / "config"))
+        prosody_command = " ".join(prosody["command"]).replace(config_dir, f"{SCRATCH}/config")
         venv_bin = Path(sys.executable).parent
         exporter_command = " ".join([str(venv_bin / exporter["command"][0]), *exporter["command"][1:]])
         checks = [POD_ADDRESS, str(ports["http"]), prosody["readinessProbe"]["httpGet"]["path"], str(ports["c2s"]),
