@@ -15,6 +15,7 @@ from typing import Any
 from locust import events
 
 from xmpp_user.core.stream import Credentials
+from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS
 from xmpp_user.observe.names import GENERATOR_PORT
 from xmpp_user.rooms import normalise
 from xmpp_user.transport import check_url
@@ -142,6 +143,13 @@ def add_options(parser: Any) -> None:
         "--xmpp-source-ips",
         default="",
         help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host)",
+    )
+    group.add_argument(
+        "--xmpp-users-per-process",
+        type=positive(int),
+        default=DEFAULT_USERS_PER_PROCESS,
+        help="Most users one generator process holds (one process is one core); with the open-file limit and "
+        "the local ports it makes each process's budget (default %(default)s)",
     )
 
     observe = option_group(parser, "XMPP observation", "Prometheus metrics of the run, served by the master or a "

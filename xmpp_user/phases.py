@@ -32,6 +32,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ MESSAGE = "xmpp_phase"
 """Custom message type of the master's phase broadcast."""
 OPTION = "xmpp_phase"
 """Attribute of ``parsed_options`` through which spawn messages carry the phase."""
+LOGIN_JITTER = "login_jitter"
+"""Phase parameter: seconds over which the users a phase starts spread their logins."""
 CSV_COLUMNS = (
     "phase", "start_iso", "end_iso", "start_unix", "end_unix", "users", "connected_min", "connected_max", "params_json",
 )  # fmt: skip
@@ -100,6 +103,14 @@ def current_phase() -> Phase | None:
         if state:
             _adopt(state)
     return _current
+
+
+def login_delay() -> float:
+    """How long a user starting now waits before it logs in: a random moment within the current
+    phase's ``login_jitter``, 0 without one."""
+    phase = current_phase()
+    jitter = float(phase.params.get(LOGIN_JITTER, 0) or 0) if phase is not None else 0.0
+    return random.uniform(0, jitter) if jitter > 0 else 0.0
 
 
 def phase_log() -> list[dict[str, Any]]:

@@ -13,7 +13,9 @@ websocket-client's own frame reader (``_LimitedFrameBuffer``).
 
 from __future__ import annotations
 
+import errno
 import functools
+import resource
 import socket
 import ssl
 from collections.abc import Callable
@@ -111,7 +113,10 @@ class WebSocketTransport:
             raise TransportError(f"connect to {where} timed out after {timeout:g} s") from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS handshake with {where} failed: {exc.reason or exc}") from None
-        except (OSError, websocket.WebSocketException) as exc:
+        except OSError as exc:
+            reason = _limit_reached(exc, where, source_address) or f"cannot open WebSocket {url}: {exc}"
+            raise TransportError(reason) from None
+        except websocket.WebSocketException as exc:
             raise TransportError(f"cannot open WebSocket {url}: {exc}") from None
         if (ws.getheaders() or {}).get("sec-websocket-protocol", "").strip().lower() != "xmpp":
             cls(ws).close()
@@ -232,6 +237,28 @@ def _open_socket(parts: SplitResult, source: str | None, timeout: float, verify_
     if parts.scheme == "wss":
         sock = ssl_context(verify_tls).wrap_socket(sock, server_hostname=parts.hostname)
     return sock
+
+
+def _limit_reached(exc: OSError, where: str, source: str | None) -> str:
+    """The one-line reason when a connection fails on a limit of this machine, not of the server."""
+    if exc.errno == errno.EADDRNOTAVAIL:
+        low, high = local_port_range()
+        return (f"no local port left to connect to {where} from {source or 'this host'}: its {high - low + 1} "
+                "ephemeral ports are in use (add source addresses with --xmpp-source-ips, or workers)")  # fmt: skip
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f"no file descriptor left in this process (open-file limit {soft}): run more worker processes"
+    return ""
+
+
+def local_port_range(path: str = "/proc/sys/net/ipv4/ip_local_port_range") -> tuple[int, int]:
+    """The ephemeral port range connections are made from (Linux), e.g. (32768, 60999)."""
+    try:
+        with open(path) as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
 
 
 @functools.lru_cache(maxsize=64)

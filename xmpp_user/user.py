@@ -11,9 +11,10 @@ import gevent
 from locust import User, constant, events
 from locust.exception import StopUser
 
-from xmpp_user import observe, outcome
+from xmpp_user import observe, outcome, phases
 from xmpp_user import options as _options  # registers the command-line options
 from xmpp_user.client import XmppClient, XmppRequestFailed
+from xmpp_user.distribute import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class XmppUser(User):
         if self.settings is None:
             self._record_config_error()
             return  # the first task stops the user: StopUser raised here would be logged with a traceback
+        gevent.sleep(phases.login_delay())  # the users of one batch do not all log in at once
         try:
             self.ensure_connected()
         except XmppRequestFailed:
@@ -137,6 +139,7 @@ def _install_outcome(environment: Any, **_kw: Any) -> None:
     if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
         outcome.install(environment)
         observe.install(environment)
+        dispatch.install(environment)
 
 
 @events.init.add_listener

@@ -8,8 +8,10 @@ import base64
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
-from xml.etree.ElementTree import fromstring
+from xml.etree.ElementTree import Element, fromstring
 
 import gevent
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
@@ -302,17 +304,27 @@ def test_nick_conflict_is_a_failure_event(lab) -> None:
         b.close()
 
 
-def test_expire_fails_an_unanswered_request_and_ignores_its_late_reply(lab) -> None:
-    rec = Recorder()
+@contextmanager
+def asker_and_silent_peer(lab, rec: Recorder) -> Iterator[tuple[XmppClient, XmppClient, list[Element]]]:
+    """Two connected clients: ``asker`` records its events; ``silent`` takes the IQs sent to it (they
+    pile up in the list) and answers none until the test tells it to."""
     asker = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
-    # A peer that takes IQs and does not answer them (until we tell it to).
     silent = XmppClient(lab.websocket_url, lab.domain)
-    held = []
+    held: list[Element] = []
     silent.on_iq_request = lambda iq: held.append(iq) is None
     asker.connect()
     silent.connect()
     rec.take()
     try:
+        yield asker, silent, held
+    finally:
+        asker.close()
+        silent.close()
+
+
+def test_expire_fails_an_unanswered_request_and_ignores_its_late_reply(lab) -> None:
+    rec = Recorder()
+    with asker_and_silent_peer(lab, rec) as (asker, silent, held):
         slow = asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid)
         assert wait_until(lambda: len(held) == 1)
         fresh = asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid)
@@ -333,9 +345,6 @@ def test_expire_fails_an_unanswered_request_and_ignores_its_late_reply(lab) -> N
         assert rec.names == ["custom", "ping"]
         assert rec.failures == []
         assert young.ok and slow.error == "no reply within 0.2 s"
-    finally:
-        asker.close()
-        silent.close()
 
 
 def test_expire_with_a_tiny_timeout_and_a_late_vcard_reply(lab) -> None:
@@ -360,14 +369,7 @@ def test_expire_with_a_tiny_timeout_and_a_late_vcard_reply(lab) -> None:
 
 def test_wait_timeout_fails_once(lab) -> None:
     rec = Recorder()
-    asker = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
-    silent = XmppClient(lab.websocket_url, lab.domain)
-    held = []
-    silent.on_iq_request = lambda iq: held.append(iq) is None
-    asker.connect()
-    silent.connect()
-    rec.take()
-    try:
+    with asker_and_silent_peer(lab, rec) as (asker, silent, held):
         pending = asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid)
         with pytest.raises(XmppRequestFailed, match=r"^custom: no reply within 0\.3 s$"):
             asker.wait(pending, timeout=0.3)
@@ -377,9 +379,6 @@ def test_wait_timeout_fails_once(lab) -> None:
         silent.connection.stream.reply_result(held[0])
         silent.connection.flush()
         asker.ping()
-    finally:
-        asker.close()
-        silent.close()
     assert [(e["name"], e["exception"] is None) for e in rec.events] == [("custom", False), ("ping", True)]
 
 
@@ -499,16 +498,8 @@ def test_close_cancels_what_is_in_flight_without_failures(lab) -> None:
 
 def test_wait_all_names_the_deadline_it_ran_out_of(lab) -> None:
     rec = Recorder()
-    asker = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
-    silent = XmppClient(lab.websocket_url, lab.domain)
-    silent.on_iq_request = lambda iq: True  # takes every IQ, answers none
-    asker.connect()
-    silent.connect()
-    try:
+    with asker_and_silent_peer(lab, rec) as (asker, silent, _):
         pendings = [asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid) for _ in range(3)]
         with pytest.raises(XmppRequestFailed, match=r"^custom: no reply within 0\.3 s$"):
             asker.wait_all(pendings, timeout=0.3)
-    finally:
-        asker.close()
-        silent.close()
     assert [e for _, e in rec.failures] == ["no reply within 0.3 s"] * 3

@@ -309,3 +309,25 @@ def test_worker_adopts_newer_phases_only(clock: _Clock) -> None:
     assert calls == ["join", "talk", "leave"]
     handler(environment=env, msg=Message(phases.MESSAGE, end, "master"))
     assert phases.current_phase() is None
+
+
+def test_batches_of_new_connections_with_their_logins_spread() -> None:
+    from xmpp_user.batches import batch_phases
+
+    options = argparse.Namespace(batch_size=100, batch_interval=10.0, batch_jitter=1.0)
+    plan = batch_phases(options, 250, [_Quiet], {"talk": False})
+    assert [(p.name, p.users, p.spawn_rate, p.duration) for p in plan] == [
+        ("batch1", 100, 100, 10.0), ("batch2", 200, 100, 10.0), ("batch3", 250, 100, 10.0),
+    ]  # fmt: skip
+    assert all(p.params == {"talk": False, phases.LOGIN_JITTER: 1.0} and p.user_classes == [_Quiet] for p in plan)
+    # The jitter never outlasts the interval between batches.
+    short = batch_phases(argparse.Namespace(batch_size=10, batch_interval=0.5, batch_jitter=1.0), 10)
+    assert short[0].params[phases.LOGIN_JITTER] == 0.5
+
+
+def test_a_user_of_a_batch_waits_a_random_moment_within_its_jitter(local: PhasedShape, clock: _Clock) -> None:
+    assert phases.login_delay() == 0.0  # no phase: no wait
+    phases._adopt({"epoch": 1.0, "seq": 1, "name": "batch1", "duration": 10, "users": 100, "spawn_rate": 100,
+                   "params": {phases.LOGIN_JITTER: 0.8}})  # fmt: skip
+    delays = [phases.login_delay() for _ in range(200)]
+    assert all(0 <= d <= 0.8 for d in delays) and max(delays) - min(delays) > 0.4
