@@ -24,6 +24,7 @@ from xml.etree.ElementTree import Element
 from locust import events, task
 
 from xmpp_user import XmppUser, phases
+from xmpp_user.batches import batch_phases
 from xmpp_user.features import jitsi
 from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
 from xmpp_user.phases import Phase, PhasedShape
@@ -36,8 +37,6 @@ def _options(parser: Any) -> None:
     g = option_group(parser, "jitsi", "The Jitsi Meet participant scenario")
     g.add_argument("--jitsi-rooms", type=positive(int), default=2, help="Conferences (default %(default)s)")
     g.add_argument("--jitsi-participants", type=positive(int), default=50, help="Participants per conference")
-    g.add_argument("--batch-size", type=positive(int), default=100, help="Participants added per batch")
-    g.add_argument("--batch-interval", type=non_negative(float), default=10.0, help="Seconds between batches")
     g.add_argument("--hold", type=non_negative(float), default=30.0, help="Seconds everyone stays before leaving")
     g.add_argument("--jitsi-focus", default="", help="Focus component JID (e.g. focus.meet.example); none: skipped")
     g.add_argument("--ping-interval", type=positive(float), default=10.0, help="Seconds between pings to the domain")
@@ -114,17 +113,14 @@ class JitsiBatches(PhasedShape):
     def phases(self) -> list[Phase]:
         o = self.runner.environment.parsed_options
         try:
-            require_positive(o, "jitsi_rooms", "jitsi_participants", "batch_size", "ping_interval")
-            require_non_negative(o, "batch_interval", "hold")
+            require_positive(o, "jitsi_rooms", "jitsi_participants", "ping_interval")
+            require_non_negative(o, "hold")
+            target = o.jitsi_rooms * o.jitsi_participants
+            plan = batch_phases(o, target, [Participant])
         except ValueError as exc:
             log.error("locust-xmpp: %s", exc)
             return []
-        target = o.jitsi_rooms * o.jitsi_participants
-        size = min(o.batch_size, target)
-        plan = [
-            Phase(f"batch{k}", o.batch_interval, min(target, k * size), size, [Participant])
-            for k in range(1, math.ceil(target / size) + 1)
-        ]
+        size = plan[0].spawn_rate
         plan.append(Phase("hold", o.hold, target, size, [Participant]))
         plan.append(Phase("leave", math.ceil(target / size) + 3, 0, size, [Participant]))
         return plan
