@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from xmpp_user.deploy.budget import USERS_PER_WORKER, workers_for
 from xmpp_user.deploy.objects import NAMESPACE, RBAC, WORKER
+from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, workers_needed
 from xmpp_user.lab.lab import (
     DEFAULT_C2S_PORT,
     DEFAULT_HTTP_PORT,
@@ -78,8 +78,9 @@ def _seconds(text: str) -> float:
 
 def _add_cluster_options(parser: argparse.ArgumentParser, users: Callable[[str], int]) -> None:
     parser.add_argument("--users", type=users, required=True, metavar="N", help="the users to carry")
-    parser.add_argument("--per-worker", type=_positive, default=USERS_PER_WORKER, metavar="B",
-                        help=f"users one worker carries (default {USERS_PER_WORKER:,}, xmpp_user/deploy/budget.py)")
+    parser.add_argument("--per-worker", type=_positive, default=DEFAULT_USERS_PER_PROCESS, metavar="B",
+                        help=f"users one worker carries (default {DEFAULT_USERS_PER_PROCESS:,}, what a worker takes "
+                        "at most unless its --xmpp-users-per-process says otherwise)")
     parser.add_argument("--namespace", "-n", metavar="NS",
                         help=f"default: the kubeconfig context's, in a pod its own, else {NAMESPACE} (the overlays')")
     parser.add_argument("--deployment", default=WORKER, metavar="NAME",
@@ -220,7 +221,7 @@ def k8s_scale(args: argparse.Namespace) -> int:
     from xmpp_user.deploy.cluster import DeployError
 
     cluster = _cluster(args)
-    replicas = workers_for(args.users, args.per_worker)
+    replicas = workers_needed(args.users, args.per_worker)
     asked = f" ({args.users:,} users at {args.per_worker:,} per worker)"
     try:
         cluster.check_capacity(cluster.deployment(args.deployment), replicas, asked)

@@ -21,8 +21,8 @@ from schema_tools import REPO
 
 from xmpp_user import cli
 from xmpp_user.deploy import objects
-from xmpp_user.deploy.budget import USERS_PER_WORKER, workers_for
 from xmpp_user.deploy.master import RUN_ENV
+from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, workers_needed
 
 KUBERNETES_VERSION = "1.32.0"
 KUSTOMIZATIONS = ("base", "overlays/small", "overlays/large", "prosody")
@@ -202,10 +202,11 @@ def test_the_overlays_are_sized_by_the_users_per_worker_budget(
     docs = rendered[overlay]
     users = int(_one(docs, "ConfigMap", "locust-xmpp-env")["data"]["LOCUST_USERS"])
     replicas = _one(docs, "Deployment", objects.WORKER)["spec"]["replicas"]
-    assert replicas == workers_for(users), f"{overlay}: {users} users need {workers_for(users)} workers"
-    comment = (REPO / "k8s" / overlay / "kustomization.yaml").read_text()
-    assert f"{users:,} users: {replicas} worker" in comment and f"{USERS_PER_WORKER:,} users per worker" in comment
-    assert f"{USERS_PER_WORKER:,} users per worker" in (REPO / "k8s" / "README.md").read_text()
+    needed = workers_needed(users, DEFAULT_USERS_PER_PROCESS)
+    assert replicas == needed, f"{overlay}: {users} users need {needed} workers"
+    comment, figure = (REPO / "k8s" / overlay / "kustomization.yaml").read_text(), f"{DEFAULT_USERS_PER_PROCESS:,}"
+    assert f"{users:,} users: {replicas} worker" in comment and f"{figure} users per worker" in comment
+    assert f"{figure} users per worker" in (REPO / "k8s" / "README.md").read_text()
     assert {doc["metadata"].get("namespace") for doc in docs} == {objects.NAMESPACE}
     binding = _one(docs, "RoleBinding", "locust-xmpp-runner")
     assert [s["namespace"] for s in binding["subjects"]] == [objects.NAMESPACE]

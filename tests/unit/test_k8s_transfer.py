@@ -1,5 +1,5 @@
-"""How a run on Kubernetes is sized, told to the master, and how its files come back through the master's log:
-``xmpp_user.deploy.budget``, ``master.RunSpec`` and ``master.run_command``, ``transfer``.
+"""How a run on Kubernetes is told to the master, and how its files come back through the master's log:
+``master.RunSpec`` and ``master.run_command``, ``transfer``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,7 @@ from pathlib import Path
 import pytest
 
 from xmpp_user.deploy import transfer
-from xmpp_user.deploy.budget import USERS_PER_WORKER, workers_for
 from xmpp_user.deploy.master import RunSpec, run_command
-
-
-@pytest.mark.parametrize(("users", "workers"), [(0, 0), (1, 1), (500, 1), (5000, 1), (5001, 2), (10000, 2)])
-def test_workers_are_the_users_over_the_budget_rounded_up(users: int, workers: int) -> None:
-    assert USERS_PER_WORKER == 5000
-    assert workers_for(users) == workers
-    assert workers_for(users, 250) == -(-users // 250)
 
 
 def test_a_run_spec_round_trips_and_refuses_what_is_not_one() -> None:

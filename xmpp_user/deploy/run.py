@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xmpp_user.deploy import transfer
-from xmpp_user.deploy.budget import workers_for
 from xmpp_user.deploy.cluster import Cluster, DeployError
 from xmpp_user.deploy.master import RunSpec
 from xmpp_user.deploy.objects import MASTER, WORKER
+from xmpp_user.distribute.budget import workers_needed
 
 RESULTS = Path("results") / "k8s"
 """Where the files of a run land by default: RESULTS/RUN_ID."""
@@ -54,7 +54,7 @@ class Run:
         self.worker = worker
         self.show = show
         """Where the master's own output goes (Locust's console)."""
-        self.replicas = workers_for(users, per_worker)
+        self.replicas = workers_needed(users, per_worker)
         self.asked = f" ({users:,} users at {per_worker:,} per worker)"
         self.id = new_run_id()
         self.output = output or RESULTS / self.id
