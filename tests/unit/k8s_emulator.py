@@ -7,7 +7,7 @@ it marks the worker Deployment's replicas ready (or leaves pending pods that say
 pod of a run with the log it will have. The emulator serves a pod's log from its ``test/log`` annotation, and
 answers 403 to everything in the namespace ``forbidden``.
 
-    python tests/unit/k8s_emulator.py REQUEST_LOG   # prints its port; logs each request: method, path, body
+    python tests/unit/k8s_emulator.py REQUEST_LOG   # prints its port; logs each request as a JSON line
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 FORBIDDEN = "forbidden"
+TEST_AGENT = "locust-xmpp-tests"
+"""The User-Agent of the test's own requests (its controller, its fixtures), to tell them from the command's."""
 LOG_ANNOTATION = "test/log"
 START_TIMEOUT = 20.0
 
@@ -46,8 +48,10 @@ def _serve(request_log: str) -> None:
                 def record(request: Any) -> bool:
                     if request.id not in seen:  # kmock asks a criterion again for every reaction it tries
                         seen.add(request.id)
-                        body = " " + " ".join(request.text.split()) if request.text else ""
-                        log.write(f"{request.method.value} {request.url.path_qs}{body}\n")
+                        entry = {"method": request.method.value, "path": request.url.path,
+                                 "query": request.url.query_string, "agent": request.headers.get("User-Agent", ""),
+                                 "body": json.loads(request.text) if request.text else None}  # fmt: skip
+                        log.write(json.dumps(entry) + "\n")
                     return False  # only seen: the request goes on to the reactions below
 
                 def pod_log(request: Any) -> bytes:
@@ -133,7 +137,9 @@ class Controller(threading.Thread):
         super().__init__(daemon=True)
         from kubernetes import client
 
-        self.apps, self.core = client.AppsV1Api(api), client.CoreV1Api(api)
+        own = client.ApiClient(api.configuration)
+        own.user_agent = TEST_AGENT
+        self.apps, self.core = client.AppsV1Api(own), client.CoreV1Api(own)
         self.namespace = namespace
         self.workers_ready = workers_ready
         self.master_log = master_log

@@ -1,7 +1,8 @@
 """``locust-xmpp k8s scale`` and ``k8s run`` against kmock's Kubernetes API emulator on loopback
 (``k8s_emulator.py``), with the Deployments of ``k8s/base``: the scale patch, the wait for readiness (the test's
 controller marks replicas ready through the API), every error as one line with exit code 2, a run whose files come
-back through the master's log, and workers scaled back to zero after any run. Ctrl+C is tested on a fake cluster.
+back through the master's log, workers scaled back to zero after any run (and after a real Ctrl+C), and every
+request of a run granted by the Role of ``k8s/base/rbac.yaml``. Ctrl+C during a run is tested on a fake cluster.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from xmpp_user.deploy import transfer  # isort: skip
 
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_emulator import FORBIDDEN, Controller, container_status, emulator, kubeconfig
+from k8s_emulator import FORBIDDEN, TEST_AGENT, Controller, container_status, emulator, kubeconfig
 from schema_tools import REPO
 
 from xmpp_user.deploy.cluster import Cluster, DeployError, LogLine
@@ -41,18 +43,17 @@ _namespaces = itertools.count(1)
 @dataclass
 class Emulator:
     port: int
-    requests: Path
+    request_log: Path
     api: Any
     directory: Path
 
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request the emulator got, in order: method, path, query, body, agent."""
+        return [json.loads(line) for line in self.request_log.read_text().splitlines()]
+
     def requests_to(self, method: str, path: str) -> list[Any]:
         """The bodies of the requests made to ``path`` with ``method``, in order (None for none)."""
-        bodies = []
-        for line in self.requests.read_text().splitlines():
-            found_method, found_path, *body = line.split(" ", 2)
-            if (found_method, found_path) == (method, path):
-                bodies.append(json.loads(body[0]) if body else None)
-        return bodies
+        return [r["body"] for r in self.requests() if (r["method"], r["path"]) == (method, path)]
 
     def scales(self, namespace: str) -> list[int]:
         """The replica counts the worker Deployment's scale was patched with, in order."""
@@ -66,7 +67,9 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     with emulator(directory) as (port, requests):
         configuration = client.Configuration()
         configuration.host = f"http://127.0.0.1:{port}"
-        yield Emulator(port, requests, client.ApiClient(configuration), directory)
+        api = client.ApiClient(configuration)
+        api.user_agent = TEST_AGENT
+        yield Emulator(port, requests, api, directory)
 
 
 @pytest.fixture(autouse=True)
@@ -257,6 +260,35 @@ def test_a_run_brings_its_files_back_and_scales_the_workers_back_to_zero(
     assert k8s.scales(namespace) == [2, 0]
     assert _worker(k8s, namespace).spec.replicas == 0
     assert "locust-xmpp/run" not in _master_annotations(k8s, namespace), "the interactive master is back"
+
+
+def _rbac_request(request: dict[str, Any], namespace: str) -> tuple[str, str, str | None] | None:
+    """The (verb, resource, name) RBAC sees in a request to ``namespace`` (None for another namespace)."""
+    if request["path"] == "/api/v1/nodes":
+        return ("list", "nodes", None)
+    match = re.fullmatch(
+        rf"/apis?(?:/apps)?/v1/namespaces/{namespace}/(\w+)(?:/([\w.-]+))?(?:/(\w+))?", request["path"]
+    )
+    if match is None:
+        return None
+    resource, name, subresource = match.groups()
+    verb = {"GET": "get" if name else "list", "PATCH": "patch"}[request["method"]]
+    return (verb, f"{resource}/{subresource}" if subresource else resource, name)
+
+
+def test_the_runner_role_grants_every_request_of_a_run(k8s: Emulator, namespace: str, tmp_path: Path) -> None:
+    with Controller(k8s.api, namespace, master_log=_master_log(tmp_path)):
+        assert _cli(k8s, "run", "--users", "6000", "--output", str(tmp_path / "out"), namespace=namespace) == 0
+    [role] = [d for d in yaml.safe_load_all((BASE / "rbac.yaml").read_text()) if d["kind"] == "Role"]
+    asked = {_rbac_request(r, namespace) for r in k8s.requests() if r["agent"] != TEST_AGENT} - {None}
+    resources = {resource for _verb, resource, _name in asked}  # type: ignore[misc]
+    assert resources == {"deployments", "deployments/scale", "pods", "pods/log", "resourcequotas", "nodes"}
+    for verb, resource, name in sorted(asked, key=str):
+        if resource == "nodes":
+            continue  # cluster-wide: a namespaced Role cannot grant it, and the command does without (403 tolerated)
+        granted = [rule for rule in role["rules"] if resource in rule["resources"] and verb in rule["verbs"]
+                   and (not rule.get("resourceNames") or name in rule["resourceNames"])]  # fmt: skip
+        assert granted, f"the Role does not grant {verb} {resource} {name or ''}"
 
 
 def test_a_failed_run_still_scales_the_workers_back_to_zero(
