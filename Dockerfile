@@ -4,7 +4,9 @@
 #   docker build -t locust-xmpp:0.1.0 .
 #
 # k8s/ runs it as the Locust master (locust-xmpp k8s master), the workers (locust --worker) and the exporter beside
-# the lab Prosody (locust-xmpp exporter); alone:  docker run --rm locust-xmpp:0.1.0 locust -f /locustfiles/... --help
+# the lab Prosody (locust-xmpp exporter). Alone:
+#
+#   docker run --rm locust-xmpp:0.1.0 locust -f /locustfiles/livechat.py --list
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
