@@ -2,8 +2,8 @@
 # Installs everything locust-xmpp needs on a fresh Debian/Ubuntu machine, idempotently:
 # Prosody and ejabberd (the lab servers), Chromium (for the web UI tests) and Prometheus (promtool checks
 # the dashboard's queries; the exporter and report tests run a private one) from apt, the package with
-# its test tools (Playwright, kubernetes-validate) in .venv, and, where npm is, the Node test tools of
-# tests/tools.
+# its test tools (Playwright, kubernetes-validate, kmock) in .venv, and, where npm is, the Node test
+# tools of tests/tools.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,7 +63,7 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     echo "setup: installing locust-xmpp and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test,metrics]'
+    .venv/bin/python -m pip install -q -e '.[test,metrics,k8s]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
@@ -76,6 +76,12 @@ fi
 if ! .venv/bin/python -c 'import kubernetes_validate' 2>/dev/null; then
     echo "setup: installing kubernetes-validate into .venv"
     .venv/bin/python -m pip install -q kubernetes-validate==1.37.0
+fi
+# kmock emulates the Kubernetes API on loopback for the tests of locust-xmpp k8s (a test tool, pinned). Its pytest
+# plugin needs pytest-asyncio, which we do not use: pyproject's addopts block it (-p no:kmock).
+if ! .venv/bin/python -c 'import kmock' 2>/dev/null; then
+    echo "setup: installing kmock into .venv"
+    .venv/bin/python -m pip install -q kmock==0.8
 fi
 # Node test tools, pinned by tests/tools/package-lock.json: Grafana's dashboard schema (TypeScript types, checked
 # with tsc) and the prometheus-operator models (ServiceMonitor/PodMonitor schemas). Without npm the tests that

@@ -1,4 +1,5 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter`` and ``report``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter``, ``report`` and
+``k8s scale | run | master``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -12,7 +13,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from xmpp_user.deploy.objects import NAMESPACE, RBAC, WORKER
+from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, workers_needed
 from xmpp_user.lab.lab import (
     DEFAULT_C2S_PORT,
     DEFAULT_HTTP_PORT,
@@ -61,6 +65,41 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
     return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _add_cluster_options(parser: argparse.ArgumentParser, users: Callable[[str], int]) -> None:
+    parser.add_argument("--users", type=users, required=True, metavar="N", help="the users to carry")
+    parser.add_argument("--per-worker", type=_positive, default=DEFAULT_USERS_PER_PROCESS, metavar="B",
+                        help=f"users one worker carries (default {DEFAULT_USERS_PER_PROCESS:,}, what a worker takes "
+                        "at most unless its --xmpp-users-per-process says otherwise)")
+    parser.add_argument("--namespace", "-n", metavar="NS",
+                        help=f"default: the kubeconfig context's, in a pod its own, else {NAMESPACE} (the overlays')")
+    parser.add_argument("--deployment", default=WORKER, metavar="NAME",
+                        help=f"the workers' Deployment (default {WORKER}, the one {RBAC} lets the command scale)")
+    parser.add_argument("--timeout", type=_seconds, default=300, metavar="S",
+                        help="seconds to wait for the master's pod and for the workers to be ready (default 300)")
+    parser.add_argument("--kubeconfig", metavar="FILE",
+                        help="default: $KUBECONFIG or ~/.kube/config; in a pod without one, its service account")
 
 
 def _run_dir(args: argparse.Namespace) -> Path:
@@ -193,6 +232,57 @@ def report(args: argparse.Namespace) -> int:
 
 
 # ---- end of report ----
+# ---- k8s: workers and headless runs on a cluster (xmpp_user.deploy, manifests in k8s/) ----
+def _cluster(args: argparse.Namespace) -> Any:
+    try:
+        from xmpp_user.deploy import cluster
+    except ImportError as exc:
+        if (exc.name or "").split(".")[0] not in ("kubernetes", "urllib3"):
+            raise
+        raise CliError("the k8s commands need the Kubernetes client: pip install 'locust-xmpp[k8s]'") from None
+    try:
+        return cluster.connect(args.kubeconfig, args.namespace)
+    except cluster.DeployError as exc:
+        raise CliError(str(exc)) from None
+
+
+def k8s_scale(args: argparse.Namespace) -> int:
+    from xmpp_user.deploy.cluster import DeployError
+
+    cluster = _cluster(args)
+    replicas = workers_needed(args.users, args.per_worker)
+    asked = f" ({args.users:,} users at {args.per_worker:,} per worker)"
+    try:
+        cluster.check_capacity(cluster.deployment(args.deployment), replicas, asked)
+        cluster.scale(args.deployment, replicas)
+        waited = cluster.wait_ready(args.deployment, replicas, args.timeout, asked)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
+    print(f"{args.deployment}: {replicas} replicas ready in namespace {cluster.namespace}{asked} after {waited:.0f} s")
+    return EXIT_OK
+
+
+def k8s_run(args: argparse.Namespace) -> int:
+    from xmpp_user.deploy.cluster import DeployError
+    from xmpp_user.deploy.run import Run
+
+    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    cluster = _cluster(args)
+    try:
+        return Run(cluster, args.users, args.per_worker, args.timeout, args.output, worker=args.deployment)(locust_args)
+    except DeployError as exc:
+        raise CliError(str(exc)) from None
+
+
+def k8s_master(args: argparse.Namespace) -> int:
+    from xmpp_user.deploy import master
+
+    locust_args = args.locust_args[1:] if args.locust_args[:1] == ["--"] else args.locust_args
+    return master.main(Path(args.results), locust_args)
+
+
+# ---- end of k8s ----
+
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab up": lab_up,
@@ -201,6 +291,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "lab register": lab_register,
     "exporter": exporter,
     "report": report,
+    "k8s scale": k8s_scale,
+    "k8s run": k8s_run,
+    "k8s master": k8s_master,
 }
 
 
@@ -275,6 +368,37 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--step", type=_positive_float, default=1.0, metavar="SECONDS",
                      help="resolution of the series read from Prometheus (default 1)")  # fmt: skip
     rep.set_defaults(command="report")
+
+    k8s = commands.add_parser("k8s", help="scale the workers and run headless tests on Kubernetes (manifests in k8s/)")
+    k8s_commands = k8s.add_subparsers(metavar="ACTION", required=True)
+    scale = k8s_commands.add_parser(
+        "scale", help="scale the workers for N users and wait until they are ready",
+        description="Scale the worker Deployment to ceil(N / B) replicas through its scale subresource and wait "
+        "until that many are ready (connected to the master). Errors are one line, exit code 2.")  # fmt: skip
+    _add_cluster_options(scale, users=_non_negative)
+    scale.set_defaults(command="k8s scale")
+
+    run = k8s_commands.add_parser(
+        "run", help="a headless run on the cluster: scale, run, bring the files back, scale to zero",
+        description="Run Locust headless on the master pod with ceil(N / B) workers, show its output, write the "
+        "run's files under --output, and scale the workers back to zero, also after a failure or Ctrl+C. The "
+        "exit code is Locust's (0, 1, 2); errors on the cluster's side are one line, exit code 2.",
+        usage=f"{PROG} k8s run --users N [options] [-- LOCUST_ARGS ...]")  # fmt: skip
+    _add_cluster_options(run, users=_positive)
+    run.add_argument("--output", type=Path, metavar="DIR", help="where the run's files go (default results/k8s/RUN_ID)")
+    run.add_argument("locust_args", nargs=argparse.REMAINDER, metavar="-- LOCUST_ARGS",
+                     help="Locust's arguments for the run, e.g. -f /locustfiles/livechat.py --viewers 500; "
+                          "--users N is added unless they give -u")  # fmt: skip
+    run.set_defaults(command="k8s run")
+
+    master = k8s_commands.add_parser(
+        "master", help="the Locust master's entry point in its pod (k8s/base/master.yaml)",
+        description="Run the master for the run in $LOCUST_XMPP_RUN (headless, then print its files into the log), "
+        "or without one the interactive master with its web UI.")  # fmt: skip
+    master.add_argument("--results", default="/results", metavar="DIR", help="where runs write (default /results)")
+    master.add_argument("locust_args", nargs=argparse.REMAINDER, metavar="-- LOCUST_ARGS",
+                        help="Locust's arguments for every master, e.g. --config FILE")  # fmt: skip
+    master.set_defaults(command="k8s master")
 
     return parser
 
