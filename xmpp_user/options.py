@@ -200,6 +200,8 @@ class Settings:
 _cache: dict[tuple[Any, ...], Settings] = {}
 
 HOST_OPTIONS = ("xmpp_source_ips", "xmpp_users_per_process")
+# Carried among the options but not settings: the current phase the master publishes (phases.OPTION).
+NOT_SETTINGS = ("xmpp_phase",)
 """Options about a generator's own host and process. Locust copies the master's options over a worker's at
 every spawn message; for these a worker keeps what its own command line said (its addresses are not the
 master's): read them with ``host_option``."""
@@ -228,9 +230,11 @@ def settings_from(options: Any, host: str | None) -> Settings:
 
     Cached by the values they come from: the web UI form changes the same options object in place.
     """
-    values = {k: v for k, v in vars(options).items() if k.startswith("xmpp_")} if hasattr(options, "__dict__") else {}
+    values = {k: v for k, v in vars(options).items() if k.startswith("xmpp_") and k not in NOT_SETTINGS} \
+        if hasattr(options, "__dict__") else {}  # fmt: skip
     values.update((name, host_option(options, name)) for name in HOST_OPTIONS)
-    key = (host, *sorted(values.items(), key=lambda item: item[0]))
+    # repr: an option a locustfile adds may hold a list or a dict.
+    key = (host, *sorted((name, repr(value)) for name, value in values.items()))
     cached = _cache.get(key)
     if cached is not None:
         return cached

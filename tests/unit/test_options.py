@@ -114,3 +114,11 @@ def test_settings_follow_options_changed_in_place() -> None:
     values.xmpp_room = "another"
     second = options.settings_from(values, "ws://127.0.0.1:5280/xmpp-websocket")
     assert (first.room, second.room) == ("loadtest", "another")
+
+
+def test_settings_accept_the_phase_the_master_publishes() -> None:
+    """Phased runs put the current phase, a dict, among the options (``xmpp_phase``): it is not a setting."""
+    values = make(xmpp_phase={"phase": "batch1-join", "settings": {"vcards": True}})
+    first = options.settings_from(values, "ws://127.0.0.1:5280/xmpp-websocket")
+    values.xmpp_phase = {"phase": "batch1-talk", "settings": {"talk": True}}
+    assert options.settings_from(values, "ws://127.0.0.1:5280/xmpp-websocket") is first
