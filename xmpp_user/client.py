@@ -39,6 +39,10 @@ NO_VCARD = ("service-unavailable", "item-not-found", "feature-not-implemented")
 LOCKED_ROOM_RETRY = 0.2
 """Seconds before joining again a room that refused us as not existing: its creator has not
 configured it yet (a new room stays locked until then, XEP-0045 section 10.1.3)."""
+NICK_CLASHES = 5
+"""Other nicks tried when the room answers that ours is taken (``conflict``): as Converse.js does with
+``muc_nickname_from_jid``, ``nick-2``, ``nick-3``, ... After a connection is cut, a server that keeps
+the old session for stream resumption keeps its occupant too, under our nick."""
 _MAX_REDIRECTS = 3
 
 __all__ = ["NO_VCARD", "REQUEST_TYPE", "Pending", "Room", "XmppClient", "XmppRequestFailed"]
@@ -263,7 +267,7 @@ class XmppClient:
         state = self.rooms[jid] = Room(jid, nick)
         stanza = muc.join(jid, nick, history_max, extra)
         pending = Pending("muc_join", lambda: self.requests.joins.pop(jid, None))
-        state.join_stanza = stanza
+        state.join_stanza, state.join_args = stanza, (history_max, extra)
         self.requests.joins[jid] = pending
         stream.send(stanza)
         self.connection.flush()
@@ -396,6 +400,13 @@ class XmppClient:
                 and time.perf_counter() - join.start + LOCKED_ROOM_RETRY < self.timeout
             ):
                 gevent.spawn_later(LOCKED_ROOM_RETRY, self._join_again, room, join)
+                return
+            if condition == "conflict" and join is not None and not room.joined and room.clashes < NICK_CLASHES:
+                room.clashes += 1
+                base = room.nick if room.clashes == 1 else room.nick.rsplit("-", 1)[0]
+                room.nick = f"{base}-{room.clashes + 1}"
+                room.join_stanza = muc.join(room.jid, room.nick, *room.join_args)
+                self._join_again(room, join)
                 return
             for table in (requests.joins, requests.leaves):
                 pending = table.pop(room.jid, None)

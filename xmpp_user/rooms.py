@@ -47,6 +47,10 @@ class Room:
     """Our leave is on its way: the self-unavailable presence that follows is expected."""
     join_stanza: str = ""
     """The join presence we sent, to send again if the room turns out to be locked."""
+    join_args: tuple[int | None, str] = (None, "")
+    """The join's history size and extra payload, to join again under another nick."""
+    clashes: int = 0
+    """Joins refused because our nick was taken (by our own session that a cut connection left behind)."""
     occupants: dict[str, str] = field(default_factory=dict)
     """Occupants by nick (ourselves included once joined), each with its tag (see ``RoomTable.tag_of``)."""
     _members: frozenset[str] | None = None

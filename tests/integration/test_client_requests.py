@@ -457,6 +457,27 @@ def test_occupants_are_the_nicks_in_the_room_and_nothing_else(lab) -> None:
     assert rec.failures == []
 
 
+def test_a_taken_nick_joins_under_another_as_converse_does(lab) -> None:
+    """After a cut connection, a server that keeps the old session for resumption keeps its occupant under
+    our nick, and the rejoin is refused with ``conflict``: the client joins as ``nick-2``, as Converse.js
+    does, and nothing failed on the server's side."""
+    rec = Recorder()
+    a, b = (XmppClient(lab.websocket_url, lab.domain, request_event=rec) for _ in range(2))
+    room = new_room(lab, "clash")
+    try:
+        a.connect()
+        b.connect()
+        a.muc_join(room, "viewer")
+        b.muc_join(room, "viewer")
+        assert b.rooms[room].nick == "viewer-2"
+        assert wait_until(lambda: set(a.rooms[room].occupants) == {"viewer", "viewer-2"})
+        b.groupchat(room, "reflected to the new nick")
+    finally:
+        a.close()
+        b.close()
+    assert rec.failures == []
+
+
 def test_room_names_with_capitals_are_joined_and_used(lab) -> None:
     """Servers answer from the normalised (lower-case) room JID; the client must recognise it."""
     rec = Recorder()
