@@ -181,7 +181,8 @@ class Viewer(_RoomUser):
             self._read_archive()
         if self.vcards:
             # Occupants who joined since our own presence were already asked by _occupant_joined.
-            occupants = [n for n in x.room(room).occupants if n != self.nick and n not in self.vcards_asked]
+            mine = x.room(room).nick  # ours, or another if ours was taken
+            occupants = [n for n in x.room(room).occupants if n != mine and n not in self.vcards_asked]
             x.wait_all([self._occupant_vcard(n) for n in occupants])
         self.joined_at = time.monotonic()
 
