@@ -177,8 +177,12 @@ def test_vcard_and_mam_shares_with_their_numbers() -> None:
     assert vcards.text.startswith("The vCard (avatar) emulation took 67% of the server's CPU while viewers joined")
     assert "6.00 CPU-seconds during batch1-join (mean 60 %, peak 60 %, 600 ms per viewer)" in vcards.text
     assert "2.00 during batch2-join without it" in vcards.text
-    assert mam.values["share"] == pytest.approx(0.15)
-    assert "took 15% of the server's CPU" in mam.text and "batch3-join" in mam.text
+    # MAM's share of the whole client's join (batch 1), so that the two shares compare; and of batch 2's.
+    assert mam.values["share"] == pytest.approx(0.05) and mam.values["share_of_with"] == pytest.approx(0.15)
+    assert mam.text.startswith("Reading the room archive (MAM) on joining took 5% of the server's CPU while viewers "
+                               "joined with every feature (6.00 CPU-seconds during batch1-join), and 15% of "
+                               "batch2-join's: Prosody (pid 1) used 2.00 CPU-seconds during batch2-join")  # fmt: skip
+    assert "1.70 during batch3-join without it" in mam.text
 
 
 def test_a_feature_that_cost_nothing_says_so() -> None:

@@ -5,7 +5,9 @@ conclusions are those the field drew by eye from its charts (``shared/seeds``):
 
 - the vCard (avatar) emulation's share of the server's CPU while viewers join: batch 1 (everything)
   against batch 2 (no vCards) of the livechat test;
-- the room archive's (MAM) share: batch 2 against batch 3 (no vCards, no MAM);
+- the room archive's (MAM) share: batch 2 against batch 3 (no vCards, no MAM), as a share of
+  batch 1's join CPU (the whole client, so that the two shares add up and compare) and, as the field
+  gave it, of batch 2's;
 - the server's memory per connected session: a straight line fitted to RSS against the sessions
   open, with its R²;
 - the load (users, sessions) at which requests began to fail.
@@ -218,7 +220,7 @@ def conclusions(run: Run, rows: list[PhaseRow] | None = None) -> list[Conclusion
     return [
         feature_share(run, rows, "vcards", "vCard CPU share", "The vCard (avatar) emulation", VCARD_REQUESTS, 1, 2),
         feature_share(run, rows, "mam", "MAM CPU share", "Reading the room archive (MAM) on joining", MAM_REQUESTS,
-                      2, 3),  # fmt: skip
+                      2, 3, of_batch=1),  # fmt: skip
         memory_per_session(run),
         failures_began(run),
     ]
@@ -226,10 +228,11 @@ def conclusions(run: Run, rows: list[PhaseRow] | None = None) -> list[Conclusion
 
 def feature_share(
     run: Run, rows: list[PhaseRow], key: str, title: str, feature: str, requests: Iterable[str], with_batch: int,
-    without_batch: int,
+    without_batch: int, of_batch: int | None = None,
 ) -> Conclusion:  # fmt: skip
     """The feature's share of the server's CPU while a batch of viewers joined: the CPU time the server
-    used in ``batch<with>-join`` (with the feature) against ``batch<without>-join`` (without it)."""
+    used in ``batch<with>-join`` (with the feature) less ``batch<without>-join`` (without it), over the CPU
+    time of ``batch<of>-join`` (default: ``with``), the join of a client with every feature."""
     with_name, without_name = f"batch{with_batch}-join", f"batch{without_batch}-join"
     by_name = {r.name: r for r in rows if not r.skipped}
 
@@ -262,8 +265,8 @@ def feature_share(
     cpu_a, cpu_b = a.cpu_seconds or 0.0, b.cpu_seconds or 0.0
     if cpu_a <= 0:
         return not_drawn(f"{run.server_name} used no measurable CPU during {with_name}")
-    share = (cpu_a - cpu_b) / cpu_a
-    values = {"share": share, "cpu_seconds_with": cpu_a, "cpu_seconds_without": cpu_b,
+    own_share = (cpu_a - cpu_b) / cpu_a
+    values = {"share": own_share, "cpu_seconds_with": cpu_a, "cpu_seconds_without": cpu_b,
               "cpu_mean_with": a.cpu_mean or 0.0, "cpu_mean_without": b.cpu_mean or 0.0,
               "cpu_max_with": a.cpu_max or 0.0, "cpu_max_without": b.cpu_max or 0.0}  # fmt: skip
     detail = (
@@ -271,10 +274,18 @@ def feature_share(
         f"{a.cpu_max:.0f} %{_per_user(cpu_a, a.users)}) and {cpu_b:.2f} during {without_name} without it "
         f"(mean {b.cpu_mean:.0f} %, peak {b.cpu_max:.0f} %{_per_user(cpu_b, b.users)})"
     )
-    if share <= 0:
+    base = by_name.get(f"batch{of_batch}-join") if of_batch not in (None, with_batch) else None
+    cpu_base = (base.cpu_seconds or 0.0) if base is not None and base.server_samples >= MIN_PHASE_SAMPLES else 0.0
+    if own_share <= 0:
         text = f"{feature} showed no CPU cost in this run: {detail}."
+    elif base is not None and cpu_base > 0:
+        share = values["share"] = (cpu_a - cpu_b) / cpu_base
+        values.update(share_of_with=own_share, cpu_seconds_every_feature=cpu_base)
+        text = (f"{feature} took {share:.0%} of the server's CPU while viewers joined with every feature "
+                f"({cpu_base:.2f} CPU-seconds during {base.name}), and {own_share:.0%} of {with_name}'s: "
+                f"{detail}.")  # fmt: skip
     else:
-        text = f"{feature} took {share:.0%} of the server's CPU while viewers joined: {detail}."
+        text = f"{feature} took {own_share:.0%} of the server's CPU while viewers joined: {detail}."
     return Conclusion(key, title, text, True, values)
 
 
