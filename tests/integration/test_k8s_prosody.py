@@ -43,10 +43,17 @@ ip link set pod1 up
 # pod's root filesystem is read-only, and neither container has a volume there.
 mount --bind "$scratch" SCRATCH
 scratch=SCRATCH
+# The clone (the venv and the package it runs) may itself live under /tmp: kept visible at its own path.
+repo=$(dirname "$venv")
+mkdir "$scratch/repo"
+mount --bind "$repo" "$scratch/repo"
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 # The pod's run directory (an emptyDir), writable by the pod's user only: /var/lib of this mount namespace.
 mount -t tmpfs -o mode=755 tmpfs /var/lib
+case "$repo" in
+    /tmp/*|/var/tmp/*|/var/lib/*) mkdir -p "$repo"; mount --bind "$scratch/repo" "$repo" ;;
+esac
 mkdir -p "$run_dir/data"
 chown -R "$uid:$uid" "$run_dir"
 # The venv's Python may live under /root (mode 700): lent to the pod's user in this mount namespace only.
@@ -61,7 +68,7 @@ as_pod="setpriv --reuid $uid --regid $uid --clear-groups --inh-caps=-all --bound
 HOME=/nonexistent $as_pod sh -c "exec $prosody_command" > "$scratch/prosody.log" 2>&1 &
 HOME=/tmp $as_pod sh -c "until $exporter_command; do sleep 0.5; done" > "$scratch/exporter.log" 2>&1 &
 "$venv/bin/python" "$scratch/check.py" "$@" > "$scratch/result.json"
-find "$run_dir" /tmp /var/tmp -type f -o -type s > "$scratch/written.txt"
+find "$run_dir" /tmp /var/tmp -path "$repo" -prune -o \( -type f -o -type s \) -print > "$scratch/written.txt"
 """.replace("POD_ADDRESS", POD_ADDRESS).replace("SCRATCH", SCRATCH)
 
 CHECK = r"""
