@@ -36,6 +36,8 @@ pytest.importorskip("kmock", reason="kmock is missing: run  bash scripts/setup.s
 from kubernetes import client  # noqa: E402
 
 BASE = REPO / "k8s" / "base"
+PER_WORKER = ("--per-worker", "5000")
+"""The figures below are written for 5,000 users per worker (a later --per-worker in a call wins)."""
 ERROR = "locust-xmpp: error: "
 _namespaces = itertools.count(1)
 
@@ -93,7 +95,7 @@ def namespace(k8s: Emulator) -> str:
 def _cli(k8s: Emulator, action: str, *args: str, namespace: str | None = None) -> int:
     """``locust-xmpp k8s ACTION`` with a kubeconfig for the emulator whose context names ``namespace``."""
     config = kubeconfig(k8s.directory, k8s.port, namespace)
-    return cli.main(["k8s", action, "--kubeconfig", str(config), "--timeout", "5", *args])
+    return cli.main(["k8s", action, "--kubeconfig", str(config), "--timeout", "5", *PER_WORKER, *args])
 
 
 def _error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -157,7 +159,8 @@ def test_a_timeout_says_what_became_ready_and_why_not(
 ) -> None:
     config = kubeconfig(k8s.directory, k8s.port, namespace)
     with Controller(k8s.api, namespace, workers_ready=False):
-        code = cli.main(["k8s", "scale", "--users", "10000", "--kubeconfig", str(config), "--timeout", "0.5"])
+        code = cli.main(["k8s", "scale", "--users", "10000", "--kubeconfig", str(config), "--timeout", "0.5",
+                         *PER_WORKER])
     assert code == 2
     assert _error(capsys) == ("timeout: 0 of 2 locust-worker replicas ready after 0.5 s (10,000 users at 5,000 per "
                               "worker); 2 pods not ready, locust-worker-0 unschedulable: 0/3 nodes are available: "
@@ -296,7 +299,7 @@ def test_a_failed_run_still_scales_the_workers_back_to_zero(
 ) -> None:
     config = kubeconfig(k8s.directory, k8s.port, namespace)
     with Controller(k8s.api, namespace, workers_ready=False, master_log=_master_log(tmp_path)):
-        code = cli.main(["k8s", "run", "--users", "12000", "--kubeconfig", str(config), "--timeout", "0.5",
+        code = cli.main(["k8s", "run", "--users", "12000", "--kubeconfig", str(config), "--timeout", "0.5", *PER_WORKER,
                          "--output", str(tmp_path / "results"), "--", "-f", "/locustfiles/livechat.py"])  # fmt: skip
     assert code == 2
     assert _error(capsys).startswith("timeout: 0 of 3 locust-worker replicas ready after 0.5 s (12,000 users")
@@ -329,8 +332,8 @@ def test_ctrl_c_while_waiting_for_the_workers_still_scales_them_back_to_zero(
     k8s: Emulator, namespace: str, tmp_path: Path
 ) -> None:
     config = kubeconfig(k8s.directory, k8s.port, namespace)
-    command = [str(Path(sys.executable).with_name("locust-xmpp")), "k8s", "run", "--users", "5000", "--kubeconfig",
-               str(config), "--timeout", "60", "--", "-f", "/locustfiles/quickstart.py"]  # fmt: skip
+    command = [str(Path(sys.executable).with_name("locust-xmpp")), "k8s", "run", "--users", "5000", *PER_WORKER,
+               "--kubeconfig", str(config), "--timeout", "60", "--", "-f", "/locustfiles/quickstart.py"]  # fmt: skip
     with Controller(k8s.api, namespace, workers_ready=False, master_log=_master_log(tmp_path)):
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

@@ -20,9 +20,11 @@ import math
 import resource
 from dataclasses import dataclass
 
-DEFAULT_USERS_PER_PROCESS = 5_000
-"""Users one generator process holds by default (one gevent process is one core); see the README's
-"Sizing a run" for the measurement behind it."""
+DEFAULT_USERS_PER_PROCESS = 18_000
+"""Users one generator process holds by default (one gevent process is one core): measured by
+``benchmarks/process_ceiling.py`` with users pinging every 10 s (README, "Sizing a run"); a scenario
+that does more per user (rooms of hundreds, messages every few seconds) wants a lower
+``--xmpp-users-per-process``."""
 FILE_RESERVE = 200
 """Descriptors kept for Locust itself: its master connection, web UI, log and CSV files."""
 
