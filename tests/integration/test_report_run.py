@@ -117,28 +117,3 @@ def test_a_phased_livechat_run_writes_its_report(lab, tmp_path: Path, monkeypatc
     data = json.loads(Path(f"{prefix}_report.json").read_text())
     assert {c["key"]: c["text"] for c in data["conclusions"]} == texts
 
-
-FIELD_VIEWERS = 60
-
-
-def test_at_field_scale_the_report_finds_vcards_cost_more_than_mam(
-    lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The field's finding, drawn by the report itself from a scaled-down run of the three batches: each of n
-    viewers asks for the vCards of the n-1 others, so the avatars cost the server more of its join CPU than
-    reading the archive does, and both cost something."""
-    if lab.server != "prosody":
-        pytest.skip("the field measured Prosody; one run of a minute keeps CI short (ejabberd: vCards 50 %, MAM 18 %)")
-    monkeypatch.setenv("LOCUST_XMPP_LAB_DIR", str(lab.run_dir))
-    prefix = tmp_path / "field"
-    run = run_locust("livechat.py", prefix, "--headless", "--host", lab.websocket_url, "--xmpp-room",
-                     room_name("field"), "--viewers", str(FIELD_VIEWERS), "--join-rate", "30", "--talk-delay", "4",
-                     "--talk-interval", "5", "--talk-duration", "1", "--pause", "2", "--seed-messages", "50",
-                     "--seed-interval", "0.02", "--seed-wait", "1", timeout=180)  # fmt: skip
-    assert run.returncode == 0, run.tail()
-    found = {c["key"]: c for c in json.loads(Path(f"{prefix}_report.json").read_text())["conclusions"]}
-    vcards, mam = found["vcards"], found["mam"]
-    print(f"{vcards['text']}\n{mam['text']}")
-    assert vcards["drawn"] and mam["drawn"], (vcards["text"], mam["text"])
-    assert vcards["values"]["share"] > mam["values"]["share"] > 0, (vcards["text"], mam["text"])
-    assert vcards["text"].startswith(f"The vCard (avatar) emulation took {vcards['values']['share']:.0%} of")
