@@ -200,11 +200,11 @@ class Settings:
 _cache: dict[tuple[Any, ...], Settings] = {}
 
 HOST_OPTIONS = ("xmpp_source_ips", "xmpp_users_per_process")
-# Carried among the options but not settings: the current phase the master publishes (phases.OPTION).
-NOT_SETTINGS = ("xmpp_phase",)
 """Options about a generator's own host and process. Locust copies the master's options over a worker's at
 every spawn message; for these a worker keeps what its own command line said (its addresses are not the
 master's): read them with ``host_option``."""
+NOT_SETTINGS = ("xmpp_phase",)
+"""Carried among the options but not settings: the current phase the master publishes (``phases.OPTION``)."""
 _own: dict[str, Any] = {}
 """On a worker: the ``HOST_OPTIONS`` as its command line gave them."""
 
