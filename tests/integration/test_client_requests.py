@@ -19,7 +19,7 @@ import pytest
 from recorder import Recorder
 
 from xmpp_user.accounts import register_accounts
-from xmpp_user.client import NO_VCARD, XmppClient, XmppRequestFailed
+from xmpp_user.client import NICK_CLASHES, NO_VCARD, XmppClient, XmppRequestFailed
 from xmpp_user.core.stanza import bare
 from xmpp_user.core.stream import Credentials
 from xmpp_user.features import disco, mam
@@ -279,6 +279,7 @@ def test_nick_conflict_is_a_failure_event(lab) -> None:
     rec = Recorder()
     a, b = (XmppClient(lab.websocket_url, lab.domain, request_event=rec, timeout=3) for _ in range(2))
     room = new_room(lab, "nick")
+    others = [XmppClient(lab.websocket_url, lab.domain, timeout=3) for _ in range(NICK_CLASHES)]
     try:
         a.connect()
         b.connect()
@@ -292,7 +293,11 @@ def test_nick_conflict_is_a_failure_event(lab) -> None:
         # The refused change leaves the old nick in place: our messages, reflected from it, still match.
         assert a.rooms[room].nick == "alpha"
         a.groupchat(room, "still here as alpha")
-        # Joining under a taken nick fails the same way, and leaves no room state behind.
+        # Joining under a taken nick tries beta-2, beta-3, ...; with those taken too it fails the same way and
+        # leaves no room state behind.
+        for k, other in enumerate(others, 2):
+            other.connect()
+            other.muc_join(room, f"beta-{k}")
         c = XmppClient(lab.websocket_url, lab.domain, request_event=rec, timeout=3)
         c.connect()
         with pytest.raises(XmppRequestFailed, match="^muc_join: conflict"):
@@ -300,8 +305,8 @@ def test_nick_conflict_is_a_failure_event(lab) -> None:
         assert room not in c.rooms
         c.close()
     finally:
-        a.close()
-        b.close()
+        for client in (a, b, *others):
+            client.close()
 
 
 @contextmanager
