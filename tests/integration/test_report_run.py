@@ -111,7 +111,10 @@ def test_a_phased_livechat_run_writes_its_report(lab, tmp_path: Path, monkeypatc
     assert "its CPU share cannot be drawn, as the run had 2 batches only, so no batch3-join" in texts["mam"]
     vcards = r"(took \d+%|showed no CPU cost).* used \d+\.\d\d CPU-seconds during batch1-join"
     assert re.search(vcards, texts["vcards"]) or "cannot be drawn, as" in texts["vcards"], texts["vcards"]
+    # Six sessions may leave the server's RSS where it was (its allocator had room): that is said too.
     assert re.search(r"grows by -?\d+\.\d KiB per connected session: .* R² -?\d\.\d\d", texts["memory"]) \
+        or re.search(r"did not change with the sessions open \(\d+ samples from 0 to \d sessions, RSS \d+\.\d MiB",
+                     texts["memory"]) \
         or "cannot be drawn, as" in texts["memory"], texts["memory"]  # fmt: skip
     assert texts["failures"].startswith(f"No request failed: the server answered everything at up to {VIEWERS} users")
     data = json.loads(Path(f"{prefix}_report.json").read_text())
