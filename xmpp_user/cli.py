@@ -37,54 +37,27 @@ class CliError(Exception):
     """An expected failure: one line on stderr, exit status 2."""
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1-65535, not {value}")
-    return value
+def _number(kind: type, holds: Callable[[Any], bool], requirement: str, noun: str = "a number",
+            shown: Callable[[str, Any], Any] = lambda text, value: value) -> Callable[[str], Any]:  # fmt: skip
+    """An argparse type: ``kind`` of the text, refused in one line unless ``holds``; both errors quote the input."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if not holds(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, not {shown(text, value)}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
-    return value
-
-
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+_port = _number(int, lambda v: 1 <= v <= 65535, "port must be 1-65535", "a port number")
+_positive = _number(int, lambda v: v >= 1, "must be at least 1")
+_positive_float = _number(float, lambda v: v > 0, "must be above 0")
+_non_negative = _number(int, lambda v: v >= 0, "must be 0 or more")
+_seconds = _number(float, lambda v: v > 0, "must be more than 0", "a number of seconds", shown=lambda text, _v: text)
 
 
 def _add_cluster_options(parser: argparse.ArgumentParser, users: Callable[[str], int]) -> None:
