@@ -178,8 +178,7 @@ def main() -> int:
             for s in steps:
                 since, until = s.pop("wall")
                 s["ping_p95_ms"] = ping_p95(history, since + LOCUST_WINDOW_S, until)
-                s["loop_lag_p95_ms"] = loop_lag(lag_file, since, until, 0.95)
-                s["loop_lag_p99_ms"] = loop_lag(lag_file, since, until, 0.99)
+                s["loop_lag_p95_ms"], s["loop_lag_p99_ms"] = loop_lag(lag_file, since, until, 0.95, 0.99)
             failures = _failures(Path(f"{prefix}_stats.csv"))
         finally:
             lab.down()
@@ -187,13 +186,13 @@ def main() -> int:
     return _report(steps, failures, args)
 
 
-def loop_lag(path: Path, since: float, until: float, fraction: float) -> float | None:
-    """A percentile of the generator's event loop lag between two times, in ms."""
+def loop_lag(path: Path, since: float, until: float, *fractions: float) -> list[float | None]:
+    """Percentiles of the generator's event loop lag between two times, in ms (None without samples)."""
     if not path.exists():
-        return None
+        return [None] * len(fractions)
     lags = sorted(float(lag) for t, lag in (line.split() for line in path.read_text().splitlines())
                   if since <= float(t) <= until)  # fmt: skip
-    return lags[min(len(lags) - 1, int(len(lags) * fraction))] if lags else None
+    return [lags[min(len(lags) - 1, int(len(lags) * f))] if lags else None for f in fractions]
 
 
 def _failures(stats: Path) -> int:
