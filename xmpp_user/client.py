@@ -72,6 +72,12 @@ class XmppClient:
         """Seconds to wait for any reply before the request counts as failed."""
         self.resource = resource
         self.stream_management = stream_management
+        self.sm_resume = False
+        """Ask for a resumable session: a dropped connection then leaves it on the server for a while."""
+        self.ack_every = 0
+        """Request a stream management ack after every this many stanzas (0: never)."""
+        self.legacy_session = False
+        """Send the legacy session IQ after binding."""
         self.register = register
         self.max_frame = max_frame
         """Longest frame accepted: refused by the transport from its header, and by the core."""
@@ -128,6 +134,9 @@ class XmppClient:
                 self.credentials,
                 resource=self.resource,
                 stream_management=self.stream_management,
+                sm_resume=self.sm_resume,
+                ack_every=self.ack_every,
+                legacy_session=self.legacy_session,
                 register=self.register,
                 max_frame=self.max_frame,
             )
@@ -228,8 +237,8 @@ class XmppClient:
     ) -> Pending:
         return self.iq("disco_info", "get", disco.info(node), to, wait, accept)
 
-    def disco_items(self, to: str | None = None, wait: bool = True) -> Pending:
-        return self.iq("disco_items", "get", disco.ITEMS, to, wait)
+    def disco_items(self, to: str | None = None, wait: bool = True, accept: tuple[str, ...] = ()) -> Pending:
+        return self.iq("disco_items", "get", disco.ITEMS, to, wait, accept)
 
     def roster(self, wait: bool = True) -> Pending:
         return self.iq("roster", "get", roster.GET, None, wait)
@@ -313,17 +322,19 @@ class XmppClient:
         after: str | None = None,
         wait: bool = True,
         accept: tuple[str, ...] = (),
+        form: bool = True,
     ) -> Pending:
         """Query an archive (a room's, or ours when ``to`` is None); done at ``<fin/>``.
 
         The default asks for the latest page, as a client opening a room does. The archived
-        messages are collected in ``pending.messages``.
+        messages are collected in ``pending.messages``. ``form=False`` leaves out the (empty)
+        data form, as Converse.js does when it filters nothing.
         """
         stream = self.connection.require_ready()
         queryid = stream.new_id()
         pending = Pending("mam", accept=accept)
         self.requests.queries[queryid] = pending
-        id_ = stream.send_iq("set", mam.query(queryid, max_, before, after), to, pending)
+        id_ = stream.send_iq("set", mam.query(queryid, max_, before, after, form=form), to, pending)
 
         def forget() -> None:
             stream.forget(id_)

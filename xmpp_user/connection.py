@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Callable
 
 import gevent
@@ -81,6 +82,8 @@ class Connection:
         self.last_error = ""
         """Why the last session ended or could not start; empty after a clean close."""
         self.stream: XmppStream | None = None
+        self.received_at = 0.0
+        """time.monotonic() of the last frame received (a client's keepalive pings after a silence)."""
         self.url = ""
         """Where the current (or last) session was opened."""
         self.redirect = ""
@@ -252,6 +255,7 @@ class Connection:
                 self._lost(transport, "the server closed the WebSocket")
                 return
             requests.frame_length = len(frame)
+            self.received_at = time.monotonic()
             try:
                 for event in stream.receive_frame(frame):
                     handler = handlers.get(type(event))

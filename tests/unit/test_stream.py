@@ -330,3 +330,40 @@ def test_hostile_frames_are_refused(frame: str, message: str) -> None:
 
 def test_cdata_and_xml_declaration_are_accepted() -> None:
     assert parse_frame("<?xml version='1.0'?><x><![CDATA[a<b]]></x>").text == "a<b"
+
+
+def test_a_browser_like_stream_sends_the_session_iq_asks_for_resumption_and_requests_acks() -> None:
+    """As Converse.js (Strophe) does: the legacy session IQ after binding, SM with resume='true', and an
+    ack request after every 5th stanza sent; the session IQ's answer ends nowhere."""
+    stream = XmppStream("localhost", sm_resume=True, ack_every=5, legacy_session=True)
+    stream.start()
+    stream.data_to_send()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(features("ANONYMOUS"))
+    stream.data_to_send()
+    stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    stream.data_to_send()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(bind_features())
+    (bind,) = stream.data_to_send()
+    stream.receive_frame(bind_result(iq_id(bind)))
+    session, enable = stream.data_to_send()
+    assert "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>" in session
+    assert enable == "<enable xmlns='urn:xmpp:sm:3' resume='true'/>"
+    assert stream.receive_frame(f"<iq xmlns='jabber:client' type='result' id='{iq_id(session)}'/>") == []
+    assert stream.receive_frame("<enabled xmlns='urn:xmpp:sm:3' id='x' resume='true'/>") == [
+        ev.Ready("anon@localhost/r1", True)
+    ]
+    for n in range(11):
+        stream.send(f"<presence xmlns='jabber:client' id='p{n}'/>")
+    sent = stream.data_to_send()
+    requests = [i for i, frame in enumerate(sent) if frame == "<r xmlns='urn:xmpp:sm:3'/>"]
+    assert requests == [5, 11] and len(sent) == 13
+
+
+def test_a_plain_stream_requests_no_acks() -> None:
+    stream = XmppStream("localhost")
+    negotiate(stream)
+    for n in range(11):
+        stream.send(f"<presence xmlns='jabber:client' id='p{n}'/>")
+    assert len(stream.data_to_send()) == 11

@@ -27,6 +27,10 @@ DATA_FORMS = "jabber:x:data"
 FORWARD = "urn:xmpp:forward:0"
 DELAY = "urn:xmpp:delay"
 PING = "urn:xmpp:ping"
+SESSION = "urn:ietf:params:xml:ns:xmpp-session"
+CAPS = "http://jabber.org/protocol/caps"
+BLOCKING = "urn:xmpp:blocking"
+PUBSUB = "http://jabber.org/protocol/pubsub"
 SID = "urn:xmpp:sid:0"
 
 

@@ -47,6 +47,7 @@ _SM = "{" + ns.SM + "}"
 _STREAM_ERROR_PREFIX = "{" + ns.STREAM_ERRORS + "}"
 _BIND_KEY = object()
 _REGISTER_KEY = object()
+_SESSION_KEY = object()
 _PING_TAG = ns.clark(ns.PING, "ping")
 
 
@@ -88,6 +89,9 @@ class XmppStream:
         *,
         resource: str = "",
         stream_management: bool = True,
+        sm_resume: bool = False,
+        ack_every: int = 0,
+        legacy_session: bool = False,
         register: bool = False,
         max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
@@ -95,6 +99,12 @@ class XmppStream:
         self.credentials = credentials or Credentials()
         self.resource = resource
         self.stream_management = stream_management
+        self.sm_resume = sm_resume
+        """Ask the server to keep the session resumable (XEP-0198 resume='true') when the connection drops."""
+        self.ack_every = ack_every
+        """Request an ack (``<r/>``) after every this many stanzas sent, as browser clients do; 0: never."""
+        self.legacy_session = legacy_session
+        """Send the RFC 3921 session IQ after binding, as Strophe-based clients still do (answer ignored)."""
         self.register = register
         self.max_frame = max_frame
         self.state = State.IDLE
@@ -110,6 +120,7 @@ class XmppStream:
         self._mechanism: sasl.Mechanism | None = None
         self._sm_offered = False
         self._mechanisms: list[str] = []
+        self._unacked = 0
 
     # -- output ---------------------------------------------------------------------------
 
@@ -138,6 +149,8 @@ class XmppStream:
         """Queue a stanza built by a feature module (message or presence)."""
         self._require_ready()
         self._out.append(stanza)
+        if self.ack_every:
+            self._count_sent()
 
     def send_iq(self, type_: str, payload: str = "", to: str | None = None, key: Any = None) -> str:
         """Queue an IQ get/set; its reply comes back as IqResult/IqError with ``key``."""
@@ -145,7 +158,16 @@ class XmppStream:
         id_ = self.new_id()
         self._pending[id_] = key
         self._out.append(iq(type_, id_, payload, to))
+        if self.ack_every:
+            self._count_sent()
         return id_
+
+    def _count_sent(self) -> None:
+        if self.sm_enabled:
+            self._unacked += 1
+            if self._unacked >= self.ack_every:
+                self._unacked = 0
+                self._out.append(f"<r xmlns='{ns.SM}'/>")
 
     def forget(self, id_: str) -> None:
         """Stop waiting for the reply to an IQ (it timed out); a late reply is then ignored."""
@@ -287,6 +309,8 @@ class XmppStream:
             if id_ not in self._pending:
                 return []  # late reply to a forgotten request, or not ours
             key = self._pending.pop(id_)
+            if key is _SESSION_KEY:
+                return []  # a no-op on today's servers: neither its result nor its error changes anything
             if key is _BIND_KEY:
                 return self._on_bind(element, type_)
             if key is _REGISTER_KEY:
@@ -309,6 +333,8 @@ class XmppStream:
     def reply_result(self, request: Element, payload: str = "") -> None:
         to = request.get("from")
         self._out.append(iq("result", escape_attr(request.get("id", "")), payload, to))
+        if self.ack_every:
+            self._count_sent()
 
     def reply_error(self, request: Element, condition: str = "service-unavailable", type_: str = "cancel") -> None:
         to = request.get("from")
@@ -332,9 +358,12 @@ class XmppStream:
             return self._fail("bind", "bad-reply", "bind result carries no JID")
         self.jid = jid_el.text
         events: list[ev.Event] = [ev.Bound(self.jid)]
+        if self.legacy_session:
+            self._pending_raw(_SESSION_KEY, "set", f"<session xmlns='{ns.SESSION}'/>")
         if self.stream_management and self._sm_offered:
             self.state = State.ENABLING_SM
-            self._out.append(f"<enable xmlns='{ns.SM}'/>")
+            resume = " resume='true'" if self.sm_resume else ""
+            self._out.append(f"<enable xmlns='{ns.SM}'{resume}/>")
             return events
         self.state = State.READY
         events.append(ev.Ready(self.jid, False))

@@ -25,3 +25,9 @@ def features(result: Element) -> set[str]:
 
 def items(result: Element) -> list[str]:
     return [i.get("jid", "") for i in result.iterfind(f"{{{ns.DISCO_ITEMS}}}query/{{{ns.DISCO_ITEMS}}}item")]
+
+
+def identities(result: Element) -> list[tuple[str, str]]:
+    """(category, type) of every identity of a disco#info result."""
+    query = f"{{{ns.DISCO_INFO}}}query/{{{ns.DISCO_INFO}}}identity"
+    return [(i.get("category", ""), i.get("type", "")) for i in result.iterfind(query)]

@@ -20,8 +20,11 @@ def query(
     before: str | None = None,
     after: str | None = None,
     with_: str | None = None,
+    form: bool = True,
 ) -> str:
-    """A MAM query. ``before=''`` asks for the last page, as a client opening a room does."""
+    """A MAM query. ``before=''`` asks for the last page, as a client opening a room does.
+
+    Without ``form`` (and ``with_``) the query carries no data form: the archive unfiltered."""
     fields = f"<field var='FORM_TYPE' type='hidden'><value>{ns.MAM}</value></field>"
     if with_:
         fields += f"<field var='with'><value>{escape_text(with_)}</value></field>"
@@ -30,11 +33,8 @@ def query(
         rsm += f"<before>{escape_text(before)}</before>" if before else "<before/>"
     if after:
         rsm += f"<after>{escape_text(after)}</after>"
-    return (
-        f"<query xmlns='{ns.MAM}' queryid='{escape_attr(queryid)}'>"
-        f"<x xmlns='{ns.DATA_FORMS}' type='submit'>{fields}</x>"
-        f"<set xmlns='{ns.RSM}'>{rsm}</set></query>"
-    )
+    x = f"<x xmlns='{ns.DATA_FORMS}' type='submit'>{fields}</x>" if form or with_ else ""
+    return f"<query xmlns='{ns.MAM}' queryid='{escape_attr(queryid)}'>{x}<set xmlns='{ns.RSM}'>{rsm}</set></query>"
 
 
 def result(message: Element) -> tuple[str, Element] | None:
