@@ -61,6 +61,10 @@ max_archive_query_results = 50
 
 VirtualHost "localhost"
 	authentication = "anonymous"
+	-- Livechat viewers are anonymous and still have avatars (PeerTube's Prosody gives them one). In the lab each
+	-- viewer publishes its own vCard; without this, Prosody accepts the vCard of an anonymous user and drops it,
+	-- and every avatar request is answered with an empty vCard that costs the server next to nothing.
+	allow_anonymous_storage = true
 
 VirtualHost "reg.localhost"
 	authentication = "internal_hashed"

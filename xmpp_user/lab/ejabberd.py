@@ -99,6 +99,7 @@ class EjabberdLab(Lab):
             registered_domain=self.registered_domain,
             muc_domain=self.muc_domain,
             scram_hash=SCRAM_HASH,
+            resume_timeout=self.resume_timeout,
             # Lines only --rooms persistent keeps; with stock they stay in the file as YAML comments.
             persistent="" if self.rooms == "persistent" else "# ",
         )

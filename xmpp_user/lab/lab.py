@@ -44,6 +44,9 @@ SERVERS = ("prosody", "ejabberd")
 # stock: each server's own defaults for room lifetime, locking and archiving (see the templates).
 ROOMS = ("persistent", "stock")
 STORAGES = ("internal", "memory")
+RESUME_TIMEOUT = 60
+"""Seconds a dropped resumable session is kept: the servers' defaults keep it 10 minutes (Prosody) or 5
+(ejabberd), which would hold a test's dropped viewers in their rooms for as long."""
 LOG_LEVELS = ("warn", "info", "debug")
 DEFAULT_C2S_PORT = 15222
 DEFAULT_HTTP_PORT = 15280
@@ -112,6 +115,7 @@ class Lab:
         rooms: str = "persistent",
         interface: str = "127.0.0.1",
         netns: str | None = None,
+        resume_timeout: int = RESUME_TIMEOUT,
     ) -> None:
         self.run_dir = Path(run_dir).resolve()
         self.interface = interface
@@ -123,6 +127,8 @@ class Lab:
         self.storage = _choose("storage", storage, STORAGES)
         self.log_level = _choose("log level", log_level, LOG_LEVELS)
         self.rooms = _choose("room setting", rooms, ROOMS)
+        self.resume_timeout = resume_timeout
+        """Seconds the server keeps a resumable session (and its room occupants) after its connection drops."""
         if storage not in self.storages:
             raise LabError(f"the {self.server} lab has no {storage} storage (choose from {', '.join(self.storages)})")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -145,6 +151,7 @@ class Lab:
         self.rooms = record.get("rooms", "persistent")
         self.interface = record.get("interface", "127.0.0.1")
         self.netns = record.get("netns")
+        self.resume_timeout = record.get("resume_timeout", RESUME_TIMEOUT)
 
     # Paths and addresses
 
@@ -398,6 +405,7 @@ class Lab:
             "netns": self.netns,
             "storage": self.storage,
             "log_level": self.log_level,
+            "resume_timeout": self.resume_timeout,
             "websocket_url": self.websocket_url,
             "metrics_url": self.metrics_url,
             "domain": self.domain,

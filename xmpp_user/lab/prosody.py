@@ -74,6 +74,7 @@ class ProsodyLab(Lab):
             registered_domain=self.registered_domain,
             scram_domain=self.scram_domain,
             muc_domain=self.muc_domain,
+            resume_timeout=self.resume_timeout,
             # Lines only --rooms persistent keeps; with stock they stay in the file as Lua comments.
             persistent="" if self.rooms == "persistent" else "-- ",
         )

@@ -26,12 +26,14 @@ from typing import Any
 import gevent
 from locust import constant, events, task
 
-from xmpp_user import XmppUser, outcome, phases
-from xmpp_user.client import NO_VCARD, Pending, XmppRequestFailed
+from xmpp_user import XmppUser, ghosts, outcome, phases
+from xmpp_user.client import Pending, XmppRequestFailed
+from xmpp_user.core import ns
 from xmpp_user.deviations import DEVIATIONS
-from xmpp_user.features.disco import RESERVED_NICK_NODE
+from xmpp_user.features import vcard
 from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
 from xmpp_user.phases import Phase, PhasedShape, current_phase
+from xmpp_user.profiles import DEFAULT, PROFILES
 from xmpp_user.rooms import normalise
 from xmpp_user.talk import Talker
 
@@ -40,8 +42,8 @@ log = logging.getLogger(__name__)
 QUIET = 3.0
 """Seconds of silence at the end of a talk phase, so no message is in flight when viewers leave."""
 
-NOT_OFFERED = ("service-unavailable", "feature-not-implemented")
-"""Error conditions by which a server says it does not offer a feature (carbons, a room archive)."""
+AVATAR_BYTES = 8192
+"""A small avatar image: what a livechat server hands every viewer, anonymous ones included."""
 
 BATCHES = (
     ("everything", {"vcards": True, "mam": True}),
@@ -68,10 +70,27 @@ def _options(parser: Any) -> None:
     g.add_argument("--seed-interval", type=positive(float), default=0.1, help="Seconds between seed messages")
     g.add_argument("--seed-wait", type=non_negative(float), default=15.0, help="Seconds of quiet after seeding")
     g.add_argument("--mam-max", type=positive(int), default=50, help="Page size of the MAM query on join")
+    g.add_argument("--avatar-bytes", type=non_negative(int), default=AVATAR_BYTES,
+                   help="Size of the avatar image each viewer publishes in its vCard at login, so that avatar "
+                        "requests are answered with one as on a livechat server (default %(default)s; 0: none)")
     g.add_argument("--no-vcards", action="store_true", default=False, help="Never emulate vCard/avatar requests")
     g.add_argument("--no-mam", action="store_true", default=False, help="Never query the room archive")
     g.add_argument("--no-carbons", action="store_true", default=False, help="Never enable carbons")
     g.add_argument("--no-disco", action="store_true", default=False, help="Skip the disco and roster queries")
+    g.add_argument("--client", choices=tuple(PROFILES), default=DEFAULT,
+                   help="The client the viewers emulate: seed-bots (the field test as written; the default), "
+                        "converse-14 (Converse.js 14 as recorded in a browser), peertube-livechat (PeerTube's "
+                        "build of Converse); see xmpp_user/profiles.py")
+    g.add_argument("--leave", choices=("clean", "drop"), default="clean",
+                   help="How viewers leave: clean (leave the room, close the stream; the default) or drop (the "
+                        "connection drops, as when a browser tab closes: the server keeps a resumable session, "
+                        "and the viewer in the room, until it times out; the request 'ghost' says how long)")
+    g.add_argument("--ghost-wait", type=non_negative(float), default=70.0,
+                   help="With --leave drop, seconds added to the last leave phase for the server to drop the "
+                        "ghosts (default %(default)s: the lab servers keep a dropped session 60 s)")
+    g.add_argument("--visible-occupants", type=non_negative(int), default=None,
+                   help="Rows of the occupant list on screen, whose avatars Converse fetches (converse-14: 18, "
+                        "a 1280x800 window; peertube-livechat: 0, the sidebar closed)")
 
 
 @events.init.add_listener
@@ -132,7 +151,7 @@ class ArchiveSeeder(_RoomUser):
 
 
 class Viewer(_RoomUser):
-    """One livechat viewer, as Converse.js behaves when it opens the chat (in order)."""
+    """One livechat viewer: the client profile (--client, xmpp_user.profiles) opens the chat, then it talks."""
 
     wait_time = constant(0.5)
     _counter = itertools.count()
@@ -145,50 +164,57 @@ class Viewer(_RoomUser):
         self.mam = params.get("mam", True) and not opts.no_mam
         self.carbons = params.get("carbons", True) and not opts.no_carbons
         self.disco = not opts.no_disco
+        self.mam_max = opts.mam_max
+        self.visible_occupants = opts.visible_occupants
+        # Random bytes: an image compresses no better, and each viewer's hash differs.
+        self.avatar = random.randbytes(opts.avatar_bytes)
         self.background: list[Pending] = []
-        self.vcards_asked: set[str] = set()
         self.talked_in = ""
         self.joined_at = 0.0
-        self.xmpp.on_occupant_joined.append(self._occupant_joined)
+        self.profile = PROFILES[opts.client](self)
+        self.profile.configure()
         super().on_start()
 
+    @property
+    def domain(self) -> str:
+        return self.settings.domain
+
     def on_session(self) -> None:
-        x, room, domain = self.xmpp, self.room, self.settings.domain
-        startup = []
-        if self.disco:
-            startup += [x.disco_info(domain, wait=False), x.roster(wait=False)]
-        if self.vcards:
-            own_vcard, room_vcard = x.vcard(wait=False, accept=NO_VCARD), x.vcard(room, wait=False, accept=NO_VCARD)
-            startup += [own_vcard, room_vcard]
-        if self.disco:
-            startup += [
-                # A room nobody is in may not exist yet (temporary rooms): Converse then creates it by joining.
-                x.disco_info(room, wait=False, accept=("item-not-found",)),
-                x.disco_items(domain, wait=False),
-                x.disco_info(room, RESERVED_NICK_NODE, wait=False, accept=("item-not-found",)),
-            ]
-        if self.carbons:
-            carbons = x.enable_carbons(wait=False, accept=NOT_OFFERED)
-            startup.append(carbons)
-        # Converse sends all of the above without waiting, then joins (the default history).
-        startup.append(self.talker.join(room, self.nick, wait=False))
-        x.wait_all(startup)
-        if self.vcards and room_vcard.condition:
-            DEVIATIONS.note("no_room_vcard", f"the room has no vCard ({room_vcard.condition}): no room avatar is shown")
-        if self.carbons and carbons.condition:
-            DEVIATIONS.note("no_carbons", f"the server does not offer carbons ({carbons.condition})")
-        if self.mam:
-            self._read_archive()
-        if self.vcards:
-            # Occupants who joined since our own presence were already asked by _occupant_joined.
-            mine = x.room(room).nick  # ours, or another if ours was taken
-            occupants = [n for n in x.room(room).occupants if n != mine and n not in self.vcards_asked]
-            x.wait_all([self._occupant_vcard(n) for n in occupants])
+        if self.options.leave == "drop":
+            # In the room before anyone can drop out of it, to see how long the server keeps the ghost.
+            ghosts.watch_for(self.environment, self.settings).watch(self.room)
+        if self.avatar:
+            # Every viewer has an avatar, whether or not this batch asks for the others': a livechat server
+            # serves them to anonymous viewers too. Sent first, so it is stored before anyone can ask.
+            self.background.append(self.xmpp.set_vcard(vcard.set_payload(nickname=self.nick, photo=self.avatar),
+                                                       wait=False))  # fmt: skip
+        self.profile.join()
         self.joined_at = time.monotonic()
 
-    def _read_archive(self) -> None:
-        """The latest page of the room's archive, as Converse asks for it on opening the room."""
-        archive = self.xmpp.mam(self.room, max_=self.options.mam_max, accept=NOT_OFFERED)
+    def on_stop(self) -> None:
+        if self.options.leave == "drop" and self.xmpp.connected and self.room in self.xmpp.rooms:
+            # A closed tab: no unavailable presence, no </close>; the resumable session stays on the server.
+            ghosts.watch_for(self.environment, self.settings).drop(self.room, self.xmpp.room(self.room).nick)
+            self.xmpp.abort()
+            return
+        super().on_stop()
+
+    def avatar_update(self, empty: bool = False) -> str:
+        """Our avatar's hash for a presence (XEP-0153); ``empty``: the bare element when we have none."""
+        if self.avatar:
+            return vcard.update_element(vcard.avatar_hash(self.avatar))
+        return f"<x xmlns='{ns.VCARD_UPDATE}'/>" if empty else ""
+
+    def room_vcard_answered(self, answer: Pending) -> None:
+        if answer.condition:
+            DEVIATIONS.note("no_room_vcard", f"the room has no vCard ({answer.condition}): no room avatar is shown")
+
+    def carbons_answered(self, answer: Pending) -> None:
+        if answer.condition:
+            DEVIATIONS.note("no_carbons", f"the server does not offer carbons ({answer.condition})")
+
+    def archive_read(self, archive: Pending) -> None:
+        """The latest page of the room's archive, as the client asked for it on opening the room."""
         if archive.condition:
             DEVIATIONS.note("no_room_archive", f"the room archive is not offered ({archive.condition})")
             return
@@ -201,18 +227,11 @@ class Viewer(_RoomUser):
                 f"(page of {self.options.mam_max}): the archive of a temporary room may not outlive the room",
             )
 
-    def _occupant_vcard(self, nick: str) -> Pending:
-        self.vcards_asked.add(nick)
-        return self.xmpp.vcard(f"{self.room}/{nick}", wait=False, accept=NO_VCARD, name="vcard_occupant")
-
-    def _occupant_joined(self, room: Any, nick: str) -> None:
-        if self.vcards and room.jid == self.room and nick not in self.vcards_asked:
-            self.background.append(self._occupant_vcard(nick))
-
     @task
     def live(self) -> None:
         self.ensure_connected()
         self.background = self.xmpp.expire(self.background)
+        self.profile.idle()
         phase = current_phase()
         opts = self.options
         if phase is not None:
@@ -278,10 +297,12 @@ class LivechatTest(PhasedShape):
         for b, (label, params) in enumerate(batches, 1):
             last = b == len(batches)
             params = {**params, "batch": label}
+            ghost_wait = o.ghost_wait if last and o.leave == "drop" else 0.0
             plan += [
                 Phase(f"batch{b}-join", join_time + o.talk_delay, o.viewers, o.join_rate, [Viewer], params),
                 Phase(f"batch{b}-talk", o.talk_duration + QUIET, o.viewers, o.join_rate, [Viewer],
                       {**params, "talk": True}),
-                Phase(f"batch{b}-leave", join_time + (2 if last else o.pause), 0, o.join_rate, [Viewer], params),
+                Phase(f"batch{b}-leave", join_time + (2 + ghost_wait if last else o.pause), 0, o.join_rate, [Viewer],
+                      params),
             ]
         return plan
