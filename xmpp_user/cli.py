@@ -1,5 +1,5 @@
-"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter``, ``report`` and
-``k8s scale | run | master``.
+"""The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter``, ``report``,
+``k8s scale | run | master`` and ``fidelity record | compare``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -21,6 +21,7 @@ from xmpp_user.lab.lab import (
     DEFAULT_C2S_PORT,
     DEFAULT_HTTP_PORT,
     LOG_LEVELS,
+    RESUME_TIMEOUT,
     ROOMS,
     SERVERS,
     STORAGES,
@@ -91,7 +92,7 @@ def _add_run_dir(parser: argparse.ArgumentParser) -> None:
 
 def lab_up(args: argparse.Namespace) -> int:
     lab = Lab(_run_dir(args), args.c2s_port, args.http_port, args.storage, args.log_level,
-              server=args.server, rooms=args.rooms)  # fmt: skip
+              server=args.server, rooms=args.rooms, resume_timeout=args.resume_timeout)  # fmt: skip
     wanted = (args.c2s_port, args.http_port, args.rooms)
     started = lab.up(timeout=args.timeout, exporter_port=args.exporter_port)
     state = "started" if started else "already running"
@@ -107,6 +108,7 @@ def lab_up(args: argparse.Namespace) -> int:
     if scram_domain := getattr(lab, "scram_domain", ""):
         print(f"              {scram_domain} (accounts, every SCRAM {lab.name} has; for mechanism tests)")
     print(f"  rooms       {lab.rooms}")
+    print(f"  resumption  a dropped session is kept {lab.resume_timeout} s")
     return EXIT_OK
 
 
@@ -255,6 +257,40 @@ def k8s_master(args: argparse.Namespace) -> int:
 
 
 # ---- end of k8s ----
+# ---- fidelity: the emulated viewers against real Converse.js (xmpp_user.fidelity) ----
+def fidelity_record(args: argparse.Namespace) -> int:
+    from xmpp_user.fidelity import converse, run, scene
+
+    out = args.out or scene.FIXTURE
+    version = args.converse or (scene.load_fixture()["converse"] if scene.FIXTURE.is_file() else converse.VERSION)
+    try:
+        fixture = run.record(args.server or list(SERVERS), out, version)
+    except converse.RecorderError as exc:
+        raise CliError(str(exc)) from None
+    for server, entry in fixture["servers"].items():
+        print(f"{server}: converse.js {version} sent {len(entry['kinds'])} requests")
+    print(f"Fixture: {out}")
+    return EXIT_OK
+
+
+def fidelity_compare(args: argparse.Namespace) -> int:
+    from xmpp_user.fidelity import converse, run
+    from xmpp_user.profiles import PROFILES
+
+    if args.client not in PROFILES:
+        raise CliError(f"no client profile {args.client!r} (choose from {', '.join(PROFILES)})")
+    try:
+        found = run.compare(args.server or list(SERVERS), args.client, args.live)
+    except (converse.RecorderError, KeyError) as exc:
+        raise CliError(f"cannot compare: {exc}") from None
+    for server, problems in found.items():
+        print(f"{server}: {args.client} " + ("sends what real Converse.js sends" if not problems else "differs:"))
+        for problem in problems:
+            print(f"  - {problem}")
+    return 1 if any(found.values()) else EXIT_OK
+
+
+# ---- end of fidelity ----
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -267,6 +303,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "k8s scale": k8s_scale,
     "k8s run": k8s_run,
     "k8s master": k8s_master,
+    "fidelity record": fidelity_record,
+    "fidelity compare": fidelity_compare,
 }
 
 
@@ -290,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--storage", choices=STORAGES, default="internal",
                     help="internal (files, fresh on each up; Mnesia for ejabberd) or memory (Prosody only; "
                          "default internal)")
+    up.add_argument("--resume-timeout", type=_non_negative, default=RESUME_TIMEOUT, metavar="SECONDS",
+                    help="how long the server keeps a dropped resumable session, and its viewer in the room as a "
+                         f"ghost (default {RESUME_TIMEOUT})")  # fmt: skip
     up.add_argument("--log-level", choices=LOG_LEVELS, default="warn",
                     help="the server's log level; anything below warn costs CPU under load")
     up.add_argument("--exporter-port", type=_port, metavar="N",
@@ -372,6 +413,27 @@ def build_parser() -> argparse.ArgumentParser:
     master.add_argument("locust_args", nargs=argparse.REMAINDER, metavar="-- LOCUST_ARGS",
                         help="Locust's arguments for every master, e.g. --config FILE")  # fmt: skip
     master.set_defaults(command="k8s master")
+
+    fidelity = commands.add_parser("fidelity", help="compare the emulated viewers with real Converse.js in Chromium")
+    fidelity_commands = fidelity.add_subparsers(metavar="ACTION", required=True)
+    rec = fidelity_commands.add_parser(
+        "record", help="record real Converse.js joining a populated room on each lab server; write the fixture",
+        description="Start each lab server on free loopback ports, fill a room (30 occupants with avatars, 10 "
+        "archived messages), let real Converse.js (npm, headless Chromium) join it, and write what it sent, "
+        "normalised, to the fixture the tests compare the converse-14 profile with.")  # fmt: skip
+    rec.add_argument("--converse", default=None, metavar="VERSION", help="the converse.js release (default: the "
+                     "fixture's own)")  # fmt: skip
+    rec.add_argument("--server", choices=SERVERS, action="append", help="one lab server (default: both)")
+    rec.add_argument("--out", type=Path, default=None, metavar="FILE", help="default: the package's fixture")
+    rec.set_defaults(command="fidelity record")
+    cmp = fidelity_commands.add_parser(
+        "compare", help="how a client profile's viewer differs from real Converse.js (exit 1 if it does)",
+        description="Join the same populated room with the profile's viewer and compare its requests with the "
+        "fixture's recording of real Converse.js (or, with --live, with one made now).")  # fmt: skip
+    cmp.add_argument("--client", default="converse-14", help="the profile (default converse-14)")
+    cmp.add_argument("--server", choices=SERVERS, action="append", help="one lab server (default: both)")
+    cmp.add_argument("--live", action="store_true", help="record real Converse.js now instead of reading the fixture")
+    cmp.set_defaults(command="fidelity compare")
 
     return parser
 

@@ -1,0 +1,73 @@
+"""``locust-xmpp fidelity record | compare``: each starts its own lab server(s) on free loopback ports.
+
+``record`` joins the scene's room with real Converse.js and writes the normalised sequences (one per lab
+server) to the fixture that tests compare against, so a new Converse release is one command away:
+``locust-xmpp fidelity record --converse 14.1.0``. ``compare`` joins it with a client profile and prints
+how it differs from the fixture (or, with ``--live``, from real Converse recorded there and then).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import locust  # noqa: F401  (gevent's monkey patching, before any socket is made)
+
+from xmpp_user.fidelity import converse, scene
+from xmpp_user.lab.lab import Lab, free_port
+
+
+def _lab(server: str, root: str) -> Lab:
+    lab = Lab(Path(root) / server, c2s_port=free_port(), http_port=free_port(), server=server, rooms="persistent")
+    reason = lab.unavailable()
+    if reason:
+        raise converse.RecorderError(reason)
+    lab.up()
+    return lab
+
+
+def record_real(lab: Lab, version: str = converse.VERSION) -> list[str]:
+    """Real Converse's kinds in a new scene on ``lab``."""
+    with scene.populated_room(lab.websocket_url, lab.domain, lab.muc_domain) as room:
+        recording = converse.record(lab.websocket_url, room.room, scene.NICK, seconds=scene.SETTLE,
+                                    domain=lab.domain, version=version)  # fmt: skip
+        return room.reduce(recording.sent_frames(), recording.jid)
+
+
+def record_emulated(lab: Lab, profile: str) -> list[str]:
+    """The kinds of ``profile``'s viewer in a new scene on ``lab``."""
+    with scene.populated_room(lab.websocket_url, lab.domain, lab.muc_domain) as room:
+        emulated = scene.record_profile(room, profile)
+        return room.reduce(emulated.sent, emulated.jid)
+
+
+def record(servers: list[str], out: Path, version: str = converse.VERSION) -> dict[str, Any]:
+    """Record real Converse on each server's fresh lab; write and return the fixture."""
+    fixture: dict[str, Any] = {"converse": version, "servers": {}}
+    with tempfile.TemporaryDirectory(prefix="locust-xmpp-fidelity-") as root:
+        for server in servers:
+            lab = _lab(server, root)
+            try:
+                kinds = record_real(lab, version)
+            finally:
+                lab.down()
+            fixture["servers"][server] = scene.fixture_entry(server, kinds, version)
+    out.write_text(json.dumps(fixture, indent=1) + "\n")
+    return fixture
+
+
+def compare(servers: list[str], profile: str, live: bool, fixture: Path = scene.FIXTURE) -> dict[str, list[str]]:
+    """Per server, the differences between ``profile`` and real Converse (the fixture's, or recorded now)."""
+    recorded = scene.load_fixture(fixture)["servers"] if not live else {}
+    problems: dict[str, list[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="locust-xmpp-fidelity-") as root:
+        for server in servers:
+            lab = _lab(server, root)
+            try:
+                real = record_real(lab) if live else recorded[server]["kinds"]
+                problems[server] = scene.compare(real, record_emulated(lab, profile))
+            finally:
+                lab.down()
+    return problems
