@@ -2,12 +2,12 @@
 
 With a resumable session (XEP-0198) the server keeps such an occupant in the room until the session
 times out (Prosody's ``smacks_hibernation_time``, ejabberd's ``resume_timeout``), then tells the room it
-left. A ``GhostWatch`` sits in each room the process's users drop out of (one session per process, in
-the room as ``ghost-watch-<pid>``) and records, as the request ``ghost``, how long the server kept each
-dropped occupant: its response time is the time from the drop to the room's unavailable presence, so the
-request table and the report's latency by phase show it. Ghosts the server still keeps when the run ends
-are said once as a deviation (``ghosts_outlived_run``), not recorded as failures: the server does what
-it was configured to do.
+left. A ``GhostWatch`` sits in each room the process's users drop out of (one session per process,
+in the room as ``ghost-watch-`` and 6 hex digits) and records, as the request ``ghost``, how long the
+server kept each dropped occupant: its response time is the time from the drop to the room's
+unavailable presence, so the request table and the report's latency by phase show it. Ghosts the
+server still keeps when the run ends are said once as a deviation (``ghosts_outlived_run``), not
+recorded as failures: the server does what it was configured to do.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ class GhostWatch:
         self.dropped: dict[tuple[str, str], float] = {}
         """(room, nick) -> time.monotonic() of the drop, until the room says the occupant left."""
         self._lock = Semaphore()
+        self.nick = f"ghost-watch-{os.urandom(3).hex()}"
+        """Unique across workers (their pids may be the same, one per container)."""
 
-    @property
-    def nick(self) -> str:
-        return f"ghost-watch-{os.getpid()}"
 
     def watch(self, room: str) -> None:
         """Be in ``room`` (a users' room) before anyone drops out of it; raises XmppRequestFailed."""

@@ -283,7 +283,8 @@ class Converse14(Profile):
         return order[: self.rows]
 
     def _unasked(self, nick: str) -> bool:
-        return bool(nick) and nick != self.x.room(self.v.room).nick and nick not in self.asked
+        room = self.x.rooms.get(self.v.room)  # called from the reader: never raise
+        return room is not None and bool(nick) and nick != room.nick and nick not in self.asked
 
     def _vcard(self, nick: str) -> Pending:
         self.asked.add(nick)

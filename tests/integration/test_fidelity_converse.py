@@ -45,18 +45,6 @@ def test_the_converse_14_viewer_sends_what_real_converse_sent(lab: Lab) -> None:
     assert scene.compare(recorded["kinds"], ours) == []
 
 
-def test_the_seed_bots_differ_from_real_converse_where_the_issue_says(lab: Lab) -> None:
-    """The comparison can fail: the field test's bots pipeline everything, replay the room's default
-    history, ask every occupant's vCard and the room's only once."""
-    recorded = scene.load_fixture()["servers"][lab.server]["kinds"]
-    problems = scene.compare(recorded, _emulated(lab, "seed-bots"))
-    text = "\n".join(problems)
-    assert "presence join (history default): the real client sent 0, the emulation 1" in text
-    assert "iq-set mam room (form, max 50, before ''): the real client sent 0, the emulation 1" in text
-    assert f"iq-get vcard occupant: the real client sent 25, the emulation {scene.OCCUPANTS}" in text
-    assert "presence global: the real client sent 1, the emulation 0" in text
-
-
 def test_real_converse_still_sends_what_the_fixture_and_the_viewer_send(lab: Lab, tmp_path: Path) -> None:
     """Real Converse.js in headless Chromium, now: the fixture is still what it does, and the converse-14
     viewer still matches it. Its join and archive query are read in detail."""

@@ -1,6 +1,9 @@
-"""A small phased livechat run on each lab server writes its samples and its report: the files are there, the
-charts are real images, the phase table follows the phase file, the conclusions are sentences with numbers or
-with the reason they could not be drawn, and the lab server was sampled."""
+"""The field test scaled down (40 viewers, 3 batches) on each lab server: one run, read every way.
+
+The exact request mix and the message truth; the room's archive read back independently; the samples and the
+report: the files are there, the charts are real images, the phase table follows the phase file, the lab
+server was sampled, and the conclusions are sentences with numbers, among them the one the field drew, that
+avatars (vCards) cost the server more CPU than reading the archive (MAM)."""
 
 from __future__ import annotations
 
@@ -12,9 +15,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from runs import LIVECHAT_SMALL, room_name, run_locust
+from runs import LIVECHAT_SMALL, SEED, Run, assert_phases_in_order, read_archive, room_name, run_locust
 
-VIEWERS = 6
+VIEWERS = 40
+"""Enough viewers per batch that the avatars' O(n²) cost stands clear of the lab server's noise."""
 
 
 class ReportPage(HTMLParser):
@@ -58,15 +62,73 @@ class ReportPage(HTMLParser):
             self.conclusions[self._conclusion] += data
 
 
-def test_a_phased_livechat_run_writes_its_report(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LOCUST_XMPP_LAB_DIR", str(lab.run_dir))  # how the run finds the lab it is pointed at
-    prefix = tmp_path / "report"
-    run = run_locust("livechat.py", prefix, "--headless", "--host", lab.websocket_url, "--xmpp-room",
-                     room_name("report"), *LIVECHAT_SMALL, "--viewers", str(VIEWERS), "--batches", "2",
-                     timeout=90)  # fmt: skip
+def test_the_field_test_scaled_down(lab, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seed, then 3 batches of 40 viewers: everything, no vCards, no vCards and no MAM."""
+    monkeypatch.setenv("LOCUST_XMPP_LAB_DIR", str(lab.run_dir))  # the report samples the lab's server
+    room = room_name("lc")
+    n = VIEWERS
+    run = run_locust("livechat.py", tmp_path / "lc", "--headless", "--host", lab.websocket_url, "--xmpp-room", room,
+                     *LIVECHAT_SMALL, "--viewers", str(n))  # fmt: skip
     assert run.returncode == 0, run.tail()
-    assert f"Observing the lab's {lab.name} in {lab.run_dir}, pid {lab.pid}" in run.output
+    assert run.failures == 0, run.errors
+    talk = n * 3  # each viewer talks for 3 s at 1 message/s, in every batch
+    expected_counts = {
+        "connect": 3 * n + 2, "auth": 3 * n + 2, "bind": 3 * n + 2,
+        "disco_info": 3 * 3 * n,  # the host, the room, the room's reserved-nick node
+        "disco_items": 3 * n, "roster": 3 * n, "carbons": 3 * n,
+        "vcard_set": 3 * n,  # every viewer publishes its avatar, in every batch
+        "vcard": 2 * n,  # own and room vCard, batch 1 only
+        "vcard_occupant": n * (n - 1),  # every other viewer's, batch 1 only
+        "mam": 2 * n,  # batches 1 and 2
+        "muc_join": 3 * n + 2, "muc_leave": 3 * n + 2,  # and the 2 seeders
+        "message": 3 * talk + SEED,
+    }  # fmt: skip
+    assert {k: run.count(k) for k in expected_counts} == expected_counts
+    truth = run.truth
+    # Each talk message is expected by the n viewers, each seed message by the 2 seeders.
+    assert {k: v for k, v in truth.items() if k != "deviations"} == {
+        "sent": 3 * talk + SEED, "confirmed": 3 * talk + SEED, "unconfirmed": 0, "skipped": 0,
+        "expected": 3 * talk * n + SEED * 2, "delivered": 3 * talk * n + SEED * 2,
+        "duplicated": 0, "out_of_order": 0, "lost": 0, "unexpected": 0, "unverified": 0,
+        "missing_workers": 0, "missing_users": 0,
+    }  # fmt: skip
+    # Stock Prosody has no room vCards: said once, as a difference from the plan, not as a failure.
+    assert set(truth["deviations"]) == {"no_room_vcard"}
+    assert truth["deviations"]["no_room_vcard"]["count"] == n
+    assert run.output.count("Run differs from the plan: the room has no vCard") == 1
+    assert run.count("message_delivery") == truth["delivered"]
+    # The stats file holds what the console table shows: the last leaves, made while users stopped, included.
+    assert run.console_total == run.stats["Aggregated"]
+    assert_phases_in_order(
+        run, ["seed", "seed-leave"] + [f"batch{b}-{s}" for b in (1, 2, 3) for s in ("join", "talk", "leave")]
+    )
+    assert [int(p["users"]) for p in run.phases] == [2, 0] + [n, n, 0] * 3
+    # Sessions really open: every viewer all through each talk phase.
+    talks = [p for p in run.phases if p["phase"].endswith("-talk")]
+    assert [(int(p["connected_min"]), int(p["connected_max"])) for p in talks] == [(n, n)] * 3
+    # Read back independently: the archive holds every message once, each with its marker.
+    archive = read_archive(lab, tmp_path, f"{room}@{lab.muc_domain}")
+    assert len(archive) == truth["sent"]
+    assert len({tuple(a["marker"]) for a in archive}) == truth["sent"]
+    assert sum(a["body"].startswith("seed message ") for a in archive) == SEED
+    check_report(run, lab, n)
+    # The report's conclusions: the avatars (batch 1 against batch 2) cost the server CPU; on Prosody, the
+    # field test's server, more of the join's CPU than reading the archive (batch 2 against batch 3), as the
+    # field test found. ejabberd serves the avatars for about a quarter of Prosody's CPU (0.43 against 1.88
+    # CPU-seconds for 40 viewers), close to its noise: there the two shares came out either way round from
+    # run to run (27 % against 41 %, then 54 % against 18 %).
+    shares = {c["key"]: c for c in json.loads(Path(f"{tmp_path / 'lc'}_report.json").read_text())["conclusions"]}
+    vcards, mam = shares["vcards"], shares["mam"]
+    assert vcards["drawn"] and mam["drawn"], (vcards["text"], mam["text"])
+    assert vcards["values"]["share"] > 0.1, vcards["text"]
+    if lab.server == "prosody":
+        assert vcards["values"]["share"] > mam["values"]["share"] + 0.1, (vcards["text"], mam["text"])
 
+
+def check_report(run: Run, lab, viewers: int) -> None:
+    """The run's samples and report, written because the run was made with --csv and observed the lab."""
+    prefix = run.prefix
+    assert f"Observing the lab's {lab.name} in {lab.run_dir}, pid {lab.pid}" in run.output
     for suffix in ("timeline.csv", "server.csv", "phase_stats.json", "report.html", "report.json"):
         assert Path(f"{prefix}_{suffix}").stat().st_size > 0, suffix
     for chart in ("server", "load"):
@@ -89,8 +151,8 @@ def test_a_phased_livechat_run_writes_its_report(lab, tmp_path: Path, monkeypatc
     with open(f"{prefix}_timeline.csv", newline="") as f:
         timeline = list(csv.DictReader(f))
     assert len(timeline) >= span - 2
-    assert max(int(r["users"]) for r in timeline) == VIEWERS == max(int(r["sessions"]) for r in timeline)
-    assert int(timeline[-1]["requests.vcard_occupant"]) == VIEWERS * (VIEWERS - 1)
+    assert max(int(r["users"]) for r in timeline) == viewers == max(int(r["sessions"]) for r in timeline)
+    assert int(timeline[-1]["requests.vcard_occupant"]) == viewers * (viewers - 1)
 
     # The phase table follows the phase file: one row per phase, in order, with its users and length.
     page = ReportPage()
@@ -108,15 +170,15 @@ def test_a_phased_livechat_run_writes_its_report(lab, tmp_path: Path, monkeypatc
     assert set(texts) == {"vcards", "mam", "memory", "failures"}
     for key, text in texts.items():
         assert "cannot be drawn, as " in text or re.search(r"\d", text), (key, text)
-    assert "its CPU share cannot be drawn, as the run had 2 batches only, so no batch3-join" in texts["mam"]
-    vcards = r"(took \d+%|showed no CPU cost).* used \d+\.\d\d CPU-seconds during batch1-join"
-    assert re.search(vcards, texts["vcards"]) or "cannot be drawn, as" in texts["vcards"], texts["vcards"]
-    # Six sessions may leave the server's RSS where it was (its allocator had room): that is said too.
+    assert re.search(r"took \d+% of the server's CPU while viewers joined: .* used \d+\.\d\d CPU-seconds during "
+                     r"batch1-join", texts["vcards"]), texts["vcards"]  # fmt: skip
+    assert re.search(r"took \d+% .* and \d+% of batch2-join's", texts["mam"]), texts["mam"]
+    # A few sessions may leave the server's RSS where it was (its allocator had room): that is said too.
     assert re.search(r"grows by -?\d+\.\d KiB per connected session: .* R² -?\d\.\d\d", texts["memory"]) \
         or re.search(r"did not change with the sessions open \(\d+ samples from 0 to \d sessions, RSS \d+\.\d MiB",
                      texts["memory"]) \
         or "cannot be drawn, as" in texts["memory"], texts["memory"]  # fmt: skip
-    assert texts["failures"].startswith(f"No request failed: the server answered everything at up to {VIEWERS} users")
+    assert texts["failures"].startswith(f"No request failed: the server answered everything at up to {viewers} users")
     data = json.loads(Path(f"{prefix}_report.json").read_text())
     assert {c["key"]: c["text"] for c in data["conclusions"]} == texts
 

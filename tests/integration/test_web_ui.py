@@ -25,21 +25,12 @@ from typing import Any
 
 import pytest
 
+from xmpp_user.fidelity import converse
 from xmpp_user.lab.lab import Lab, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-proxy-server",
-]
+CHROMIUM = Path(converse.CHROMIUM)
+CHROMIUM_FLAGS = converse.CHROMIUM_FLAGS
 STARTUP_TIMEOUT = 30.0
 RUN_TIMEOUT = 60.0
 """Seconds the run may take from the click on Start until the UI shows it stopped (it needs about 17)."""

@@ -46,7 +46,9 @@ CHROMIUM_FLAGS = [
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--no-proxy-server",
 ]
+"""Headless Chromium as it runs here (Debian's, no download; the web UI tests use the same)."""
 JOIN_TIMEOUT = 20.0
 """Seconds Converse may take from opening the page until the room is joined."""
 

@@ -7,8 +7,10 @@ Reproduces the field test (shared notes, field-scenarios section 1) in named pha
     batch2-...                          the same without vCards
     batch3-...                          the same without vCards and without MAM
 
-Every request is awaited, so each has its latency; every message carries a truth marker,
-so deliveries, losses and duplicates are counted. Run it against the lab:
+Each viewer publishes an avatar, then opens the chat as its client profile says (--client: the field
+test's bots by default, or Converse.js 14, or PeerTube's Converse; xmpp_user/profiles.py), and leaves
+cleanly or as a closed tab (--leave drop). Every request is awaited, so each has its latency; every
+message carries a truth marker, so deliveries, losses and duplicates are counted. Run it against the lab:
 
     locust-xmpp lab up
     locust -f locustfiles/livechat.py --headless --host ws://127.0.0.1:15280/xmpp-websocket \
