@@ -328,6 +328,21 @@ def test_the_users_asked_become_locusts_unless_the_arguments_say() -> None:
     assert locust_arguments(["--users=7"], 500) == ["--users=7"]
 
 
+def _ctrl_c_as_a_terminal_sends_it() -> None:
+    """In the command's process, before it starts: SIGINT handled by default and not blocked, as from a shell,
+    whatever the test process (gevent, Playwright, earlier tests) did with its own signals."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _signal_state(pid: int) -> str:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return str(exc)
+    return ", ".join(line for line in status if line.startswith(("State", "SigBlk", "SigIgn", "SigCgt", "SigPnd")))
+
+
 def test_ctrl_c_while_waiting_for_the_workers_still_scales_them_back_to_zero(
     k8s: Emulator, namespace: str, tmp_path: Path
 ) -> None:
@@ -335,14 +350,19 @@ def test_ctrl_c_while_waiting_for_the_workers_still_scales_them_back_to_zero(
     command = [str(Path(sys.executable).with_name("locust-xmpp")), "k8s", "run", "--users", "5000", *PER_WORKER,
                "--kubeconfig", str(config), "--timeout", "60", "--", "-f", "/locustfiles/quickstart.py"]  # fmt: skip
     with Controller(k8s.api, namespace, workers_ready=False, master_log=_master_log(tmp_path)):
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=_ctrl_c_as_a_terminal_sends_it)  # fmt: skip
         try:
             deadline = time.monotonic() + 30
             while k8s.scales(namespace) != [1] and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert k8s.scales(namespace) == [1], "the command scaled the workers"
+            time.sleep(0.5)  # its scale request answered: it is waiting for the workers
             process.send_signal(signal.SIGINT)
-            _out, err = process.communicate(timeout=30)
+            try:
+                _out, err = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"no exit 30 s after Ctrl+C; its signals: {_signal_state(process.pid)}", pytrace=False)
         finally:
             if process.poll() is None:
                 process.kill()
