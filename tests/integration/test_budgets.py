@@ -55,7 +55,9 @@ def test_a_run_beyond_the_budgets_is_refused_before_any_connection(lab, tmp_path
         "10 users planned, but the 2 worker processes can hold 8 (the tightest bound by the users one process "
         "holds on one core (3, --xmpp-users-per-process)): at 3 users each, 4 workers are needed"
     ), errors
-    assert run.count("connect") == 0 and "Traceback" not in run.output
+    assert run.count("connect") == 0
+    # Seen once in a full run (of 4), never alone: a traceback from a master greenlet; show it whole if it comes back.
+    assert "Traceback" not in run.output, run.output[run.output.index("Traceback") - 300 :][:4000]
 
 
 def test_a_local_run_beyond_its_budget_is_refused(lab, tmp_path: Path) -> None:
