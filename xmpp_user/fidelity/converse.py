@@ -13,8 +13,7 @@ Converse's options are those the PeerTube livechat plugin passes an anonymous vi
 the server's anonymous domain, ``auto_join_rooms`` with the video's room, ``ping_interval`` 25,
 ``send_chat_state_notifications`` false, ``send_chat_markers`` [], fullscreen view, no logout and
 ``sessionStorage``; plus a ``nickname`` (as the plugin gives readonly viewers, ``randomNick('Viewer')``)
-so that Converse joins without asking for one. Run it by hand with
-``python -m xmpp_user.fidelity.converse WEBSOCKET_URL ROOM_JID [NICK]``; it prints the recording as JSON.
+so that Converse joins without asking for one. ``locust-xmpp fidelity record | compare`` run it.
 """
 
 from __future__ import annotations
@@ -84,15 +83,6 @@ class Recording:
 
     def received_frames(self) -> list[str]:
         return [f.data for f in self.received]
-
-    def kinds(self, domain: str, muc: str) -> list[tuple[float, str]]:
-        """(ms, kind) of every frame sent, whitespace keepalives left out."""
-        out = []
-        for frame in self.sent:
-            k = kinds.kind(frame.data, domain, muc, self.room, self.nickname, self.jid)
-            if k is not None:
-                out.append((frame.ms, k))
-        return out
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -339,32 +329,3 @@ def record(
             finally:
                 context.close()
     return rec
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("websocket_url")
-    parser.add_argument("room_jid")
-    parser.add_argument("nickname", nargs="?", default="Viewer-fidelity")
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--leave", choices=("tab", "logout"), default="tab")
-    parser.add_argument("--kinds", action="store_true", help="print the sent kinds instead of the JSON recording")
-    args = parser.parse_args(argv)
-    try:
-        rec = record(args.websocket_url, args.room_jid, args.nickname, args.seconds, leave=args.leave)
-    except RecorderError as exc:
-        print(f"error: {exc}")
-        return 1
-    if args.kinds:
-        service = args.room_jid.split("@", 1)[-1]
-        for ms, k in rec.kinds(anonymous_domain(args.room_jid), service):
-            print(f"{ms:8.1f}  {k}")
-    else:
-        print(json.dumps(rec.to_json(), indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

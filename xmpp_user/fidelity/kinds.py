@@ -33,13 +33,12 @@ service), ``room``, ``own-occupant`` (room/own_nick), ``occupant`` (room/another
 JID: a bare ``user@domain`` when ``own_jid`` is not given), ``user`` (someone else's), ``other`` (anything
 else). A frame that is only whitespace (a keepalive) has no kind: ``None``.
 
-``join_details``, ``mam_details`` read what matters in a join presence and in an archive query;
-``reduce`` and ``counts`` apply ``kind`` to a whole recording.
+``join_details``, ``mam_details`` read what matters in a join presence and in an archive query
+(``scene.Scene.reduce`` applies all of it to a whole recording).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 from xml.etree.ElementTree import Element, ParseError, fromstring
 
@@ -224,19 +223,6 @@ def kind(frame: str, domain: str, muc: str, room: str, own_nick: str | None = No
     if element.tag == ns.MESSAGE:
         return _message_kind(element, tgt)
     return f"{namespace} {local}".strip()
-
-
-def reduce(frames: Iterable[str], domain: str, muc: str, room: str, own_nick: str | None = None,
-           own_jid: str | None = None) -> list[str]:  # fmt: skip
-    """The kinds of the frames, in order, without the frames that have none (whitespace)."""
-    kinds = (kind(frame, domain, muc, room, own_nick, own_jid) for frame in frames)
-    return [k for k in kinds if k is not None]
-
-
-def counts(frames: Iterable[str], domain: str, muc: str, room: str, own_nick: str | None = None,
-           own_jid: str | None = None) -> Counter[str]:  # fmt: skip
-    """How many frames of each kind."""
-    return Counter(reduce(frames, domain, muc, room, own_nick, own_jid))
 
 
 def join_details(frame: str) -> dict[str, object]:
