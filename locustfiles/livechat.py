@@ -30,7 +30,6 @@ from locust import constant, events, task
 
 from xmpp_user import XmppUser, ghosts, outcome, phases
 from xmpp_user.client import Pending, XmppRequestFailed
-from xmpp_user.core import ns
 from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.features import vcard
 from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
@@ -205,7 +204,7 @@ class Viewer(_RoomUser):
         """Our avatar's hash for a presence (XEP-0153); ``empty``: the bare element when we have none."""
         if self.avatar:
             return vcard.update_element(vcard.avatar_hash(self.avatar))
-        return f"<x xmlns='{ns.VCARD_UPDATE}'/>" if empty else ""
+        return vcard.EMPTY_UPDATE if empty else ""
 
     def room_vcard_answered(self, answer: Pending) -> None:
         if answer.condition:

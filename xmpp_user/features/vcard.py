@@ -31,6 +31,10 @@ def avatar_hash(photo: bytes) -> str:
     return hashlib.sha1(photo).hexdigest()
 
 
+EMPTY_UPDATE = f"<x xmlns='{ns.VCARD_UPDATE}'/>"
+"""The avatar element of a client that has no avatar (XEP-0153: it supports avatars, has none)."""
+
+
 def update_element(photo_hash: str) -> str:
     return f"<x xmlns='{ns.VCARD_UPDATE}'><photo>{photo_hash}</photo></x>"
 

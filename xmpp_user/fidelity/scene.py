@@ -30,7 +30,6 @@ from typing import Any
 import gevent
 
 from xmpp_user.client import Pending, XmppClient
-from xmpp_user.core import ns
 from xmpp_user.features import vcard
 from xmpp_user.fidelity import kinds
 from xmpp_user.profiles import PROFILES
@@ -134,7 +133,7 @@ class EmulatedViewer:
         self.profile.configure()
 
     def avatar_update(self, empty: bool = False) -> str:
-        return f"<x xmlns='{ns.VCARD_UPDATE}'/>" if empty else ""
+        return vcard.EMPTY_UPDATE if empty else ""
 
     def room_vcard_answered(self, answer: Pending) -> None:
         pass
