@@ -101,16 +101,11 @@ _watches: dict[int, GhostWatch] = {}
 
 
 def watch_for(environment: Any, settings: Any) -> GhostWatch:
-    """The process's watch for this run (stopped with the run)."""
+    """The process's watch (one per environment, its test_stop listener added once); stopped with each run."""
     key = id(environment)
     found = _watches.get(key)
     if found is None:
         found = _watches[key] = GhostWatch(settings, environment.events.request)
-
-        def on_test_stop(**_kw: Any) -> None:
-            watch = _watches.pop(key, None)
-            if watch is not None:
-                watch.stop()
-
-        environment.events.test_stop.add_listener(on_test_stop)
+        environment.events.test_stop.add_listener(lambda **_kw: found.stop())
+    found.settings = settings  # a web UI run may target another host than the last
     return found
