@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 QUIET = 3.0
 """Seconds of silence at the end of a talk phase, so no message is in flight when viewers leave."""
 
+SETTLE = 120.0
+"""Longest wait at the end of a phase for the server to be done with it, as the field test waited "a little,
+to be sure that Prosody has processed everything" before its next step."""
+
 AVATAR_BYTES = 8192
 """A small avatar image: what a livechat server hands every viewer, anonymous ones included."""
 
@@ -63,9 +67,13 @@ def _options(parser: Any) -> None:
                    help="1: everything; 2: also without vCards; 3: also without vCards and MAM")
     g.add_argument("--pause", type=non_negative(float), default=80.0, help="Seconds of pause between batches")
     g.add_argument("--talk-delay", type=non_negative(float), default=15.0,
-                   help="Seconds between the last join and the talk")
+                   help="Seconds between the last join and the talk, at least (see --settle)")
     g.add_argument("--talk-interval", type=positive(float), default=5.0, help="Seconds between a viewer's messages")
     g.add_argument("--talk-duration", type=positive(float), default=20.0, help="Seconds the talk lasts")
+    g.add_argument("--settle", type=non_negative(float), default=SETTLE,
+                   help="Seconds each phase may go on after its planned end until the server is done with it: "
+                        "every viewer joined or failed, no reply outstanding, no delivery in flight, the server's "
+                        "CPU back near its idle level (default %(default)s; 0: phases of fixed length)")
     g.add_argument("--seed-messages", type=non_negative(int), default=60,
                    help="Messages posted to each room's archive first")
     g.add_argument("--seed-interval", type=positive(float), default=0.1, help="Seconds between seed messages")
@@ -119,8 +127,8 @@ class _RoomUser(XmppUser):
         super().on_start()
 
     def on_leave(self) -> None:
-        if self.room in self.xmpp.rooms:
-            self.xmpp.muc_leave(self.room)
+        # Read up to the room's answer: every delivery due to this viewer comes before it (xmpp_user.truth).
+        self.talker.leave(self.room, self.patience)
 
 
 class ArchiveSeeder(_RoomUser):
@@ -284,15 +292,16 @@ class LivechatTest(PhasedShape):
         o = self.runner.environment.parsed_options
         try:
             require_positive(o, "viewers", "join_rate", "rooms", "talk_interval", "talk_duration", "seed_interval")
-            require_non_negative(o, "pause", "talk_delay", "seed_messages", "seed_wait")
+            require_non_negative(o, "pause", "talk_delay", "seed_messages", "seed_wait", "settle")
         except ValueError as exc:
             log.error("locust-xmpp: %s", exc)
             return []
         seeders = 2 * o.rooms
         join_time = o.viewers / o.join_rate
+        settle = o.settle
         plan = [
-            Phase("seed", o.seed_messages * o.seed_interval + 4, seeders, seeders, [ArchiveSeeder]),
-            Phase("seed-leave", 1 + o.seed_wait, 0, seeders, [ArchiveSeeder]),
+            Phase("seed", o.seed_messages * o.seed_interval + 4, seeders, seeders, [ArchiveSeeder], settle=settle),
+            Phase("seed-leave", 1 + o.seed_wait, 0, seeders, [ArchiveSeeder], settle=settle),
         ]
         batches = BATCHES[: o.batches]
         for b, (label, params) in enumerate(batches, 1):
@@ -300,10 +309,11 @@ class LivechatTest(PhasedShape):
             params = {**params, "batch": label}
             ghost_wait = o.ghost_wait if last and o.leave == "drop" else 0.0
             plan += [
-                Phase(f"batch{b}-join", join_time + o.talk_delay, o.viewers, o.join_rate, [Viewer], params),
+                Phase(f"batch{b}-join", join_time + o.talk_delay, o.viewers, o.join_rate, [Viewer], params,
+                      settle=settle),
                 Phase(f"batch{b}-talk", o.talk_duration + QUIET, o.viewers, o.join_rate, [Viewer],
-                      {**params, "talk": True}),
+                      {**params, "talk": True}, settle=settle),
                 Phase(f"batch{b}-leave", join_time + (2 + ghost_wait if last else o.pause), 0, o.join_rate, [Viewer],
-                      params),
+                      params, settle=settle),
             ]
         return plan

@@ -64,12 +64,16 @@ class XmppClient:
         verify_tls: bool = True,
         source_address: str | None = None,
         max_frame: int = DEFAULT_MAX_FRAME,
+        patience: float = 0.0,
     ) -> None:
         self.url = url
         self.domain = domain
         self.credentials = credentials or Credentials()
         self.timeout = timeout
         """Seconds to wait for any reply before the request counts as failed."""
+        self.patience = patience
+        """Seconds ``wait`` and ``wait_all`` go on waiting for a request that timed out (recorded as failed): a
+        late reply then lets the caller carry on, as a browser client waits out a slow server."""
         self.resource = resource
         self.stream_management = stream_management
         self.sm_resume = False
@@ -93,14 +97,16 @@ class XmppClient:
             verify_tls=verify_tls,
             source_address=source_address,
             max_frame=max_frame,
+            patience=patience,
         )
         self.on_message: list[Callable[[Element], None]] = []
         """Called with each live message (not archive results) once its waiter, if any, is served."""
         self.on_presence: list[Callable[[Element], None]] = []
         self.on_occupant_joined: list[Callable[[Room, str], None]] = []
         self.on_room_exit: list[Callable[[Room, bool], None]] = []
-        """Called when we are out of a room: True if we left it ourselves (leave or close), False if
-        we were put out (kicked, room destroyed, connection lost)."""
+        """Called once for every room we joined or tried to join, when our time there ends: True if the room
+        confirmed our own leave (everything it routed to us before has been read), False otherwise (a join
+        refused, kicked, room destroyed, the session ended while we were in the room or joining it)."""
         self.on_iq_request: Callable[[Element], bool] | None = None
         """Answers server IQs the core does not; return False to let the client refuse them."""
         self.rooms = RoomTable()
@@ -205,22 +211,32 @@ class XmppClient:
         return self.wait(pending) if wait else pending
 
     def wait(self, pending: Pending, timeout: float | None = None) -> Pending:
-        """Block until the reply arrives or the timeout passes; raises XmppRequestFailed on failure."""
-        return self.requests.wait(pending, self.timeout if timeout is None else timeout)
+        """Block until the reply arrives or the timeout passes; raises XmppRequestFailed on failure. A
+        request that timed out (recorded) is awaited ``patience`` seconds more."""
+        return self.requests.wait(pending, self.timeout if timeout is None else timeout, patience=self.patience)
 
     def wait_all(self, pendings: Iterable[Pending], timeout: float | None = None) -> list[Pending]:
-        """Wait for every request in turn (one shared deadline); raise for the first failure."""
+        """Wait for every request in turn (one shared deadline, then one shared ``patience`` for those that
+        timed out); raise for the first failure."""
         limit = self.timeout if timeout is None else timeout
         deadline = time.perf_counter() + limit
         pendings = list(pendings)
-        first_error: XmppRequestFailed | None = None
         for p in pendings:
             try:
                 self.requests.wait(p, max(0.0, deadline - time.perf_counter()), limit)
-            except XmppRequestFailed as exc:
-                first_error = first_error or exc
-        if first_error is not None:
-            raise first_error
+            except XmppRequestFailed:
+                pass
+        if self.patience > 0:
+            deadline = time.perf_counter() + self.patience
+            for p in pendings:
+                if p.late:
+                    try:
+                        self.requests.wait(p, 0.0, limit, max(0.0, deadline - time.perf_counter()))
+                    except XmppRequestFailed:
+                        pass
+        for p in pendings:
+            if p.error is not None:
+                raise XmppRequestFailed(f"{p.name}: {p.error}")
         return pendings
 
     def expire(self, pendings: Iterable[Pending], timeout: float | None = None) -> list[Pending]:
@@ -350,17 +366,17 @@ class XmppClient:
         self._dispatch[type(event)](event)
 
     def _on_session_end(self, clean: bool) -> None:
+        # Every room we were in or joining: whatever the room still had for us will never be read.
         rooms = list(self.rooms.values())
         self.rooms.clear()
         self._background.clear()
         for room in rooms:
-            if room.joined:
-                self._exited(room, clean)
+            self._exited(room, False)
 
-    def _exited(self, room: Room, clean: bool) -> None:
+    def _exited(self, room: Room, left: bool) -> None:
         room.joined = False
         for callback in self.on_room_exit:
-            callback(room, clean)
+            callback(room, left)
 
     def _on_message(self, event: ev.MessageReceived) -> None:
         element = event.element
@@ -376,7 +392,7 @@ class XmppClient:
         if id_ is not None and id_ in requests.messages:
             if element.get("type") == "error":
                 condition, text = stanza_error(element)
-                requests.fail(requests.messages.pop(id_), _describe(condition, text))
+                requests.refuse(requests.messages.pop(id_), _describe(condition, text))
                 return
             frm = element.get("from", "")
             room = self.rooms.of(frm)
@@ -422,9 +438,10 @@ class XmppClient:
             for table in (requests.joins, requests.leaves):
                 pending = table.pop(room.jid, None)
                 if pending is not None:
-                    requests.fail(pending, _describe(condition, text))
-            if not room.joined:
-                self.rooms.pop(room.jid, None)
+                    requests.refuse(pending, _describe(condition, text))
+            if not room.joined and self.rooms.get(room.jid) is room:
+                self.rooms.pop(room.jid)
+                self._exited(room, False)  # a join refused: our time there ends before it began
             return
         codes = muc.status_codes(element)
         if type_ == "unavailable":
@@ -487,7 +504,7 @@ class XmppClient:
                 self.requests.complete(pending, event.element)
                 return
             frm = event.element.get("from")
-            self.requests.fail(pending, _describe(event.condition, event.text) + (f" from {frm}" if frm else ""))
+            self.requests.refuse(pending, _describe(event.condition, event.text) + (f" from {frm}" if frm else ""))
 
     def _forget_query(self, pending: Pending) -> None:
         queries = self.requests.queries

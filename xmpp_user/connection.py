@@ -68,12 +68,15 @@ class Connection:
         verify_tls: bool,
         source_address: str | None,
         max_frame: int,
+        patience: float = 0.0,
     ) -> None:
         self.requests = requests
         self._on_event = on_event
         self._on_end = on_end
         """Called once per session when it ends: True if we ended it, False if it broke."""
         self.timeout = timeout
+        self.patience = patience
+        """Seconds a negotiation that did not finish within the timeout (recorded) may still take."""
         self.connect_timeout = connect_timeout
         self.verify_tls = verify_tls
         self.source_address = source_address
@@ -151,12 +154,16 @@ class Connection:
         self.flush()
         self._reader = gevent.spawn(self._read_loop, transport, stream)
         if not self._settled.wait(self.timeout):
+            # Recorded as failed now; with patience the negotiation may still finish late (a slow server).
             reason = f"negotiation did not finish within {self.timeout:g} s"
-            steps = list(self.requests.negotiation.values())
-            self.requests.negotiation.clear()
+            steps = [step for step in self.requests.negotiation.values() if not step.done]
             for step in steps:
-                self.requests.fail(step, f"no reply within {self.timeout:g} s")
-            self._end(reason, record=not steps)
+                self.requests.time_out(step, self.timeout)
+            if not steps:
+                self.requests.record("stream", reason)
+            if not self._settled.wait(self.patience):
+                self.requests.negotiation.clear()
+                self._end(reason, record=False)
         if self.redirect and self.life is not Life.READY:
             self.abort()
             return self.redirect
@@ -329,7 +336,7 @@ class Connection:
         reason = _describe(event.condition, event.text)
         pending = self.requests.negotiation.pop(event.step, None)
         if pending is not None:
-            self.requests.fail(pending, reason)
+            self.requests.refuse(pending, reason)
         else:
             self.requests.record(event.step, reason)
         # The core has queued <close/>: the server's answer ends the session quietly.

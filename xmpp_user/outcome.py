@@ -30,6 +30,8 @@ import json
 import logging
 import os
 import signal
+import time
+from collections.abc import Callable
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -41,6 +43,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 from xmpp_user import phases
 from xmpp_user.connection import ready_count
 from xmpp_user.deviations import DEVIATIONS, Deviations
+from xmpp_user.requests import outstanding
 from xmpp_user.truth import TALLY, Tally
 
 log = logging.getLogger(__name__)
@@ -50,8 +53,13 @@ TRUTH_KEY = "xmpp_truth"
 DEVIATIONS_KEY = "xmpp_deviations"
 CONNECTED_KEY = "xmpp_connected"
 """Key of the number of sessions a worker has open, in its reports."""
+BUSY_KEY = "xmpp_busy"
+"""Key of the number of requests and logins a worker awaits, in its reports."""
 ROUTE = "/xmpp/truth"
 """Web UI route serving ``summary()`` as JSON."""
+MEMBER_COLUMNS = ("member", "group", "expected", "delivered", "state")
+"""Columns of ``PREFIX_truth_members.csv``: each receiving member's deliveries from each sending worker, and
+how the member's time in the room ended (left, broken, missing: see ``xmpp_user.truth``)."""
 EXIT_PROBLEM = 1
 """Locust's exit code for a run in which something went wrong."""
 
@@ -68,18 +76,26 @@ class _Run:
         """Last user count each worker reported, by client id."""
         self.worker_connected: dict[str, int] = {}
         """Sessions each worker had open at its last report, by client id."""
+        self.worker_busy: dict[str, tuple[int, float]] = {}
+        """Requests and logins each worker awaited at its last report, and when that report came."""
         self.reported: dict[str, Any] | None = None
         """What was last written, so a run that ends twice (test_stop, quitting) reports once."""
         self.stopping = False
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, final: bool = False) -> dict[str, Any]:
+        """The totals judged now; once the run is reported, as they were judged at its end."""
+        if self.reported is not None and not final:
+            return self.reported
         return {
-            **self.tally.summary(self.missing),
+            **self.tally.summary(self.missing, final=final),
             "missing_workers": len(self.missing),
             "missing_users": sum(self.missing.values()),
             "deviations": self.deviations.as_dict(),
         }
 
+
+busy: Callable[[], int] = outstanding
+"""How many requests (and logins: ``xmpp_user.user`` sets its own count here) this process awaits now."""
 
 _installed: WeakKeyDictionary[Environment, _Run] = WeakKeyDictionary()
 _sender_ids = itertools.count(1)
@@ -115,6 +131,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             data[TRUTH_KEY] = tally.as_dict()
             data[DEVIATIONS_KEY] = deviations.as_dict()
             data[CONNECTED_KEY] = ready_count()
+            data[BUSY_KEY] = busy()
             tally.reset()
             deviations.reset()
 
@@ -130,6 +147,8 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             run.worker_users[client_id] = int(data["user_count"])
         if CONNECTED_KEY in data:
             run.worker_connected[client_id] = int(data[CONNECTED_KEY])
+        if BUSY_KEY in data:
+            run.worker_busy[client_id] = (int(data[BUSY_KEY]), time.time())
 
     def on_test_start(**_kw: Any) -> None:
         tally.reset()
@@ -168,8 +187,37 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             return sum(n for client_id, n in run.worker_connected.items() if client_id in live)
 
         phases.connected_sessions = connected
+
+        def awaited(since: float) -> int | None:
+            """Requests and logins the live workers awaited, by reports sent after ``since``; None until each
+            live worker has sent one."""
+            total = 0
+            for client in runner.clients.values():
+                if client.state == STATE_MISSING:
+                    continue
+                count, received = run.worker_busy.get(client.id, (0, 0.0))
+                if received <= since:
+                    return None
+                total += count
+            return total
     else:
         phases.connected_sessions = ready_count
+
+        def awaited(since: float) -> int | None:
+            return busy()
+
+    def quiet(since: float) -> str | None:
+        if environment.runner is not runner:
+            return None
+        count = awaited(since)
+        if count is None:
+            return "waiting for the workers' reports"
+        if count:
+            return f"{count} requests or logins awaiting the server"
+        in_flight = run.tally.summary(run.missing)["in_flight"]
+        return f"{in_flight} deliveries in flight" if in_flight else None
+
+    phases.settle_checks.append(quiet)
     _stop_on_sigterm(environment)
 
     web_ui = environment.web_ui
@@ -221,7 +269,7 @@ def _stop_on_sigterm(environment: Environment) -> None:
 
 
 def _report(environment: Environment, run: _Run) -> None:
-    totals = run.summary()
+    totals = run.summary(final=True)
     if totals == run.reported:
         return
     run.reported = totals
@@ -238,6 +286,10 @@ def _report(environment: Environment, run: _Run) -> None:
         with open(f"{prefix}_truth.json", "w", encoding="utf-8") as f:
             json.dump(totals, f, indent=2)
             f.write("\n")
+        with open(f"{prefix}_truth_members.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, MEMBER_COLUMNS)
+            writer.writeheader()
+            writer.writerows(run.tally.members(run.missing))
 
 
 def _write_final_csv(environment: Environment) -> None:

@@ -6,6 +6,12 @@ records when each phase actually started and ended (the shape ticks once a secon
 slow ramp-up can delay a tick, so planned and actual times differ) and, with
 ``--csv PREFIX``, writes them to ``PREFIX_phases.csv`` and ``PREFIX_phases.json``.
 
+A phase with ``settle`` does not end with its planned duration: it goes on until the run has gone
+quiet, for at most ``settle`` more seconds, and the later phases move by as much. Quiet means every
+planned user runs and every check of ``settle_checks`` passes (registered by the floors that know:
+no request or login outstanding, no delivery in flight, the server's CPU back near its idle level).
+The phase log says how long each phase waited, and for what when it gave up.
+
 Every process knows the current phase (``current_phase()``) and calls the ``on_phase_change``
 callbacks once per change. The master and a local runner learn it from the shape itself.
 Workers learn it from the master through two channels, both carrying a (master epoch,
@@ -42,7 +48,7 @@ from weakref import WeakSet
 
 from locust import LoadTestShape
 from locust.env import Environment
-from locust.runners import MasterRunner, WorkerRunner
+from locust.runners import STATE_SPAWNING, MasterRunner, WorkerRunner
 
 from xmpp_user.deviations import DEVIATIONS
 
@@ -60,6 +66,7 @@ LOGIN_JITTER = "login_jitter"
 """Phase parameter: seconds over which the users a phase starts spread their logins."""
 CSV_COLUMNS = (
     "phase", "start_iso", "end_iso", "start_unix", "end_unix", "users", "connected_min", "connected_max", "params_json",
+    "waited", "settled",
 )  # fmt: skip
 
 
@@ -78,10 +85,15 @@ class Phase:
     """User classes to spawn in this phase; None for all. Not sent to workers."""
     params: dict[str, Any] = field(default_factory=dict)
     """What users should emulate in this phase, e.g. ``{"vcards": False}``; must be msgpack-able."""
+    settle: float = 0.0
+    """Seconds the phase may go on after its duration until the run is quiet (``settle_checks``); 0: none."""
 
 
 on_phase_change: list[Callable[[Phase], None]] = []
 """Called with the new phase, once per change, on every process that has installed this module."""
+settle_checks: list[Callable[[float], str | None]] = []
+"""Called, while a phase with ``settle`` waits, with the Unix time its planned duration ended: each returns
+None once its part of the run is quiet since then, or why not yet ("12 replies outstanding")."""
 connected_sessions: Callable[[], int | None] | None = None
 """How many sessions are really open now across the run (set by ``xmpp_user.outcome``); sampled at
 every tick into each phase's ``connected_min`` and ``connected_max``, beside its planned ``users``."""
@@ -179,6 +191,9 @@ class PhasedShape(LoadTestShape):
         """Index of the phase in force; -1 before the first tick's phase; None outside a run."""
         self._state: dict[str, Any] | None = None
         """The current phase as broadcast to workers."""
+        self._offset = 0.0
+        """Seconds the phases so far waited beyond their plan: the plan's clock runs that much behind."""
+        self._last_run_time = 0.0
 
     def phases(self) -> list[Phase]:
         """The phases of a run, asked at its first tick (``self.runner.environment`` is set then)."""
@@ -194,11 +209,16 @@ class PhasedShape(LoadTestShape):
         if self._index is None:
             self._begin_run()
         assert self._index is not None
-        index = self._index_at(self.get_run_time())
-        if index < self._index:
+        run_time = self.get_run_time()
+        if run_time < self._last_run_time:
             # The run time went back to zero without an end: a restart from the web UI.
             self.end_run()
             self._begin_run()
+        self._last_run_time = run_time
+        index = self._index_at(run_time - self._offset)
+        if index > self._index >= 0:
+            # A settling phase holds the plan; once it stops waiting the plan's clock has moved back.
+            index = self._index if self._settling(run_time) else self._index_at(run_time - self._offset)
         if index != self._index:
             self._enter(index)
         self._sample_connected()
@@ -240,7 +260,43 @@ class PhasedShape(LoadTestShape):
                 raise ValueError(f"phase {phase.name!r}: negative duration or users, or no spawn rate")
         self._index = -1
         self._state = None
+        self._offset = self._last_run_time = 0.0
         _log = []
+
+    def _settling(self, run_time: float) -> bool:
+        """Whether the current phase, past its planned end, goes on waiting for the run to be quiet. When it
+        stops waiting, the plan's clock moves back by the time it waited, so the next phase starts now."""
+        assert self._index is not None
+        phase = self._phases[self._index]
+        if phase.settle <= 0:
+            return False
+        planned_end = sum(p.duration for p in self._phases[: self._index + 1])
+        waited = max(0.0, run_time - self._offset - planned_end)
+        reasons = self._not_quiet(phase, self.wall_clock() - waited)
+        if reasons and waited < phase.settle:
+            return True
+        self._offset += waited
+        if _log and _log[-1]["end_unix"] is None:
+            _log[-1].update(waited=round(waited, 3), settled="; ".join(reasons) if reasons else "quiet")
+            if reasons:
+                log.warning("Phase %r did not settle within %g s: %s", phase.name, phase.settle, "; ".join(reasons))
+        return False
+
+    def _not_quiet(self, phase: Phase, since: float) -> list[str]:
+        """Why the run is not quiet since ``since`` (Unix time): empty once it is."""
+        reasons = []
+        runner = self.runner
+        if runner is not None and runner.state == STATE_SPAWNING:
+            reasons.append(f"{runner.user_count} of {phase.users} users started")
+        for check in list(settle_checks):
+            try:
+                reason = check(since)
+            except Exception:
+                log.exception("settle check %r failed", check)
+                continue
+            if reason:
+                reasons.append(reason)
+        return reasons
 
     def _index_at(self, run_time: float) -> int:
         end = 0.0
@@ -318,8 +374,9 @@ class PhasedShape(LoadTestShape):
             writer.writerow(CSV_COLUMNS)
             for e in _log:
                 row = [e["phase"], e["start_iso"], e["end_iso"], e["start_unix"], e["end_unix"], e["users"],
-                       e["connected_min"], e["connected_max"]]  # fmt: skip
-                writer.writerow([*row, json.dumps(e["params"], sort_keys=True)])
+                       e["connected_min"], e["connected_max"], json.dumps(e["params"], sort_keys=True),
+                       e["waited"], e["settled"]]  # fmt: skip
+                writer.writerow(row)
         with open(f"{prefix}_phases.json", "w", encoding="utf-8") as f:
             json.dump(_log, f, indent=2)
             f.write("\n")
@@ -342,4 +399,7 @@ def _entry(phase: Phase, start: float, end: float | None, skipped: bool = False)
         "spawn_rate": phase.spawn_rate,
         "params": phase.params,
         "skipped": skipped,
+        "settle": phase.settle,
+        "waited": None,  # seconds the phase went on after its planned duration, waiting for quiet (settle)
+        "settled": None,  # 'quiet', or what was still going on when it gave up waiting
     }

@@ -10,6 +10,12 @@ in one of three ways:
 - **cancelled**: we closed the session ourselves (the user was stopped) while it was in
   flight; fires nothing, since nothing went wrong on the server's side.
 
+A request that got no reply within its timeout is failed (recorded) but still recognised: its
+reply may come **late**, as a saturated server's do. A late reply fires nothing more (the request
+is already counted), is said once per run as the deviation ``late_replies`` (the server was slow,
+not silent), and lets a caller that waits with ``patience`` carry on as a browser client would,
+instead of giving its session up.
+
 ``Requests`` keeps the tables by which replies are recognised (MUC room for joins, leaves and
 nick changes, message id for reflections, MAM query id for archive pages, step for the
 stream negotiation) and ends them all at once when a session ends. IQs are correlated by id in
@@ -26,7 +32,16 @@ from xml.etree.ElementTree import Element
 from gevent.event import Event
 from locust.exception import RescheduleTask
 
+from xmpp_user.deviations import DEVIATIONS
+
 REQUEST_TYPE = "XMPP"
+
+_outstanding = 0
+
+
+def outstanding() -> int:
+    """Requests of this process awaiting their reply now (not those that already timed out)."""
+    return _outstanding
 
 
 class XmppRequestFailed(RescheduleTask):
@@ -41,8 +56,8 @@ class Pending:
     """One request awaiting its reply."""
 
     __slots__ = (
-        "name", "start", "done", "error", "cancelled", "condition", "accept", "element", "messages", "then",
-        "_event", "_forget",
+        "name", "start", "done", "error", "cancelled", "refused", "late", "condition", "accept", "element",
+        "messages", "then", "_event", "_forget",
     )  # fmt: skip
 
     def __init__(self, name: str, forget: Callable[[], None] | None = None, accept: tuple[str, ...] = ()) -> None:
@@ -55,6 +70,10 @@ class Pending:
         self.done = False
         self.error: str | None = None
         self.cancelled = False
+        self.refused = False
+        """Failed by an error reply from the server (not a timeout, not a lost session)."""
+        self.late = False
+        """Failed for no reply in time, and its reply is still awaited."""
         self.element: Element | None = None
         self.messages: list[Element] = []
         """Archived messages collected for a MAM query."""
@@ -62,6 +81,8 @@ class Pending:
         """Called once when the request ends, whichever way (from the greenlet that ends it)."""
         self._event: Event | None = None
         self._forget = forget
+        global _outstanding
+        _outstanding += 1
 
     @property
     def ok(self) -> bool:
@@ -96,19 +117,24 @@ class Requests:
         return (self.joins, self.leaves, self.messages, self.queries, self.negotiation)
 
     def in_flight(self, iq_keys: Iterable[Any] = ()) -> list[Pending]:
-        """Every pending request not ended yet, the IQ ones (keys held by the core) included."""
+        """Every pending request not ended yet (or timed out and still awaited), the IQ ones (keys held by the
+        core) included."""
         found = [k for k in iq_keys if isinstance(k, Pending)]
         for table in self._tables:
             found.extend(table.values())
-        return [p for p in found if not p.done]
+        return [p for p in found if not p.done or p.late]
 
     def end_all(self, iq_keys: Iterable[Any], reason: str | None) -> None:
-        """The session is over: fail every request with ``reason``, or cancel them all (None)."""
+        """The session is over: fail every request with ``reason``, or cancel them all (None); a late reply
+        will not come any more."""
         pendings = self.in_flight(iq_keys)
         for table in self._tables:
             table.clear()
         for p in pendings:
-            if reason is None:
+            if p.late:
+                p.late = False
+                _wake(p)
+            elif reason is None:
                 self.cancel(p)
             else:
                 self.fail(p, reason)
@@ -117,8 +143,10 @@ class Requests:
 
     def complete(self, pending: Pending, element: Element | None = None) -> None:
         if pending.done:
+            if pending.late:
+                self._answered_late(pending, element, None)
             return
-        pending.done = True
+        _ended(pending)
         pending.element = element
         self._fire(
             request_type=REQUEST_TYPE,
@@ -133,7 +161,7 @@ class Requests:
     def fail(self, pending: Pending, reason: str) -> None:
         if pending.done:
             return
-        pending.done = True
+        _ended(pending)
         pending.error = reason
         self._fire(
             request_type=REQUEST_TYPE,
@@ -145,10 +173,38 @@ class Requests:
         )
         _wake(pending)
 
+    def refuse(self, pending: Pending, reason: str) -> None:
+        """The server answered with an error: fail the request, marked as refused."""
+        if pending.done:
+            if pending.late:
+                self._answered_late(pending, None, reason)
+            return
+        pending.refused = True
+        self.fail(pending, reason)
+
+    def time_out(self, pending: Pending, limit: float) -> None:
+        """No reply within ``limit`` seconds: a recorded failure; the reply is still recognised if it comes."""
+        if pending.done:
+            return
+        pending.late = True
+        self.fail(pending, f"no reply within {limit:g} s")
+
+    def _answered_late(self, pending: Pending, element: Element | None, error: str | None) -> None:
+        pending.late = False
+        pending.element = element
+        pending.error = error
+        pending.refused = error is not None
+        DEVIATIONS.note(
+            "late_replies",
+            "requests that had no reply within the timeout (each recorded as a failure) were answered later: "
+            "the server was slow, not silent",
+        )
+        _wake(pending)
+
     def cancel(self, pending: Pending) -> None:
         if pending.done:
             return
-        pending.done = True
+        _ended(pending)
         pending.cancelled = True
         pending.error = "cancelled: the session was closed"
         pending.forget()
@@ -167,35 +223,44 @@ class Requests:
 
     # -- waiting --------------------------------------------------------------------------
 
-    def wait(self, pending: Pending, timeout: float, limit: float | None = None) -> Pending:
+    def wait(self, pending: Pending, timeout: float, limit: float | None = None, patience: float = 0.0) -> Pending:
         """Block until the request ends or ``timeout`` passes; raise XmppRequestFailed unless it completed.
 
         ``limit`` is the reply deadline to name in the failure, when ``timeout`` is only what is
-        left of it (several requests awaited under one deadline).
+        left of it (several requests awaited under one deadline). With ``patience``, a request that
+        timed out (recorded) is awaited that many seconds more: a late reply then returns normally.
         """
         if not pending.done:
             if pending._event is None:
                 pending._event = Event()
             if not pending._event.wait(timeout):
-                pending.forget()
-                self.fail(pending, f"no reply within {timeout if limit is None else limit:g} s")
+                self.time_out(pending, timeout if limit is None else limit)
+        if pending.late and patience > 0:
+            pending._event = Event()
+            pending._event.wait(patience)
         if pending.error is not None:
             raise XmppRequestFailed(f"{pending.name}: {pending.error}")
         return pending
 
     def expire(self, pendings: Iterable[Pending], timeout: float) -> list[Pending]:
-        """Fail the requests older than ``timeout``; returns those still awaited."""
+        """Fail the requests older than ``timeout`` (a late reply is still recognised); returns those
+        still awaited."""
         limit = time.perf_counter() - timeout
         still = []
         for p in pendings:
             if p.done:
                 continue
             if p.start < limit:
-                p.forget()
-                self.fail(p, f"no reply within {timeout:g} s")
+                self.time_out(p, timeout)
             else:
                 still.append(p)
         return still
+
+
+def _ended(pending: Pending) -> None:
+    global _outstanding
+    pending.done = True
+    _outstanding -= 1
 
 
 def _wake(pending: Pending) -> None:

@@ -6,7 +6,9 @@ import time
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from xmpp_user.client import Pending, XmppClient
+from gevent.event import AsyncResult
+
+from xmpp_user.client import Pending, XmppClient, XmppRequestFailed
 from xmpp_user.core import ns
 from xmpp_user.core.stanza import bare
 from xmpp_user.requests import REQUEST_TYPE
@@ -21,10 +23,14 @@ _DELAY = ns.clark(ns.DELAY, "delay")
 
 class Talker:
     """Joins rooms as a truth member, sends marked groupchat messages for one user and checks
-    the marked ones it receives (see ``xmpp_user.truth``).
+    the marked ones it receives, by the rules of ``xmpp_user.truth``.
 
-    Replayed messages (join history, anything stamped with a delay) are not live deliveries
-    and are ignored; archive results never reach ``on_message``.
+    The truth follows the stanzas, not the requests: a message is confirmed by its reflection
+    whenever it comes (a ``message`` request that timed out, or that ``cancel_all`` cancelled, still
+    awaits it), and a member's time in a room ends with the room's answer to our leave (``leave``
+    reads the stream up to it) or, without it, broken. Replayed messages (join history, anything
+    stamped with a delay) are not live deliveries and are ignored; archive results never reach
+    ``on_message``.
     """
 
     def __init__(self, client: XmppClient, sender_id: str, request_event: Any = None, tally: Tally = TALLY) -> None:
@@ -32,7 +38,11 @@ class Talker:
         self.tally = tally
         self.sender = Sender(sender_id, tally)
         self.receivers: dict[str, Receiver] = {}
-        """Our receiver in each room we joined through ``join``, by room JID."""
+        """Our receiver in each room we joined through ``join``, by room JID, until our time there ends."""
+        self._awaiting: dict[int, str] = {}
+        """Our messages not reflected yet: room JID by sequence number."""
+        self._exits: dict[str, AsyncResult] = {}
+        """Set when our time in a room ends (True: our leave was confirmed), for ``leave`` to wait on."""
         self._fire = request_event.fire if request_event is not None else None
         client.on_message.append(self._on_message)
         client.on_room_exit.append(self._on_room_exit)
@@ -42,6 +52,9 @@ class Talker:
         """``client.muc_join`` as a truth member: other members expect our deliveries from now on."""
         member = new_member(self.sender.sender_id)
         key = normalise_or_same(room)
+        old = self.receivers.pop(key, None)
+        if old is not None:  # joined again without our time there having ended: nobody read the rest
+            self.tally.ended(old.member, False, time.time())
         self.receivers[key] = Receiver(member, self.tally)
         try:
             return self.client.muc_join(room, nick, extra=extra + member_element(member), **kwargs)
@@ -53,14 +66,15 @@ class Talker:
         """Send a marked message to ``room``; raises XmppRequestFailed (nothing counted) if it
         cannot leave. Once the room reflects it, the members in the room then expect it."""
         state = self.client.room(room)
-        pending = self.client.groupchat(room, body, extra=self.sender.next_marker(time.time() * 1000.0), wait=False)
+        marker = self.sender.next_marker(time.time() * 1000.0)
+        pending = self.client.groupchat(room, body, extra=marker, wait=False)
         self.tally.sent += 1
-        group = self.sender.group
+        seq = self.sender.seq
+        self._awaiting[seq] = state.jid
 
         def settled(p: Pending) -> None:
-            if p.ok:
-                self.tally.confirm(state.members, group)
-            else:
+            # Only a refusal settles the truth here; a timeout or a cancellation leaves it to the reflection.
+            if p.refused and self._awaiting.pop(seq, None) is not None:
                 self.tally.unconfirmed += 1
 
         pending.then = settled
@@ -70,16 +84,47 @@ class Talker:
         """Planned messages not sent because the user was not connected."""
         self.tally.skipped += count
 
-    def _on_room_exit(self, room: Room, clean: bool) -> None:
+    def leave(self, room: str, limit: float) -> bool:
+        """Leave ``room`` and read our stream until the room confirms it, for up to ``limit`` seconds (the
+        ``muc_leave`` request fails at the client's usual timeout all the same). True if our time there
+        ended as a clean leave; False if it could not be asked or the answer did not come in time."""
+        key = normalise_or_same(room)
+        if key not in self.receivers:
+            return False
+        ended = self._exits.setdefault(key, AsyncResult())
+        started = time.monotonic()
+        try:
+            self.client.requests.wait(self.client.muc_leave(room, wait=False), self.client.timeout)
+        except XmppRequestFailed:
+            if not self.client.connected:
+                return bool(ended.wait(0))
+            # Recorded (no answer within the usual timeout): a slower answer is still read below.
+        return bool(ended.wait(max(0.0, limit - (time.monotonic() - started))))
+
+    def _on_room_exit(self, room: Room, left: bool) -> None:
+        now = time.time()
         receiver = self.receivers.pop(room.jid, None)
-        if receiver is not None and not clean:
-            self.tally.broken.add(receiver.member)
+        if receiver is not None:
+            self.tally.ended(receiver.member, left, now)
+        unreflected = [seq for seq, jid in self._awaiting.items() if jid == room.jid]
+        for seq in unreflected:
+            del self._awaiting[seq]
+        if unreflected:
+            self.tally.unconfirmed += len(unreflected)
+            if not left:  # the room may have routed them before the session ended
+                self.tally.uncertain[self.sender.group] += len(unreflected)
+        exit_ = self._exits.pop(room.jid, None)
+        if exit_ is not None:
+            exit_.set(left)
 
     def _on_message(self, element: Element) -> None:
         marker = element.find(TAG)
         if marker is None or element.get("type") != "groupchat" or element.find(_DELAY) is not None:
             return
-        receiver = self.receivers.get(bare(element.get("from", "")))
+        room_jid = bare(element.get("from", ""))
+        receiver = self.receivers.get(room_jid)
+        if marker.get("s") == self.sender.sender_id:
+            self._reflected(marker, room_jid)
         if receiver is None:
             return
         try:
@@ -95,3 +140,16 @@ class Talker:
                 exception=None,
                 context={},
             )
+
+    def _reflected(self, marker: Element, room_jid: str) -> None:
+        """Our own message came back from the room: the members we know now are its receivers."""
+        try:
+            seq = int(marker.get("n", ""))
+        except ValueError:
+            return
+        jid = self._awaiting.get(seq)
+        room = self.client.rooms.get(room_jid)
+        if jid is None or room is None or room.jid != jid:
+            return
+        del self._awaiting[seq]
+        self.tally.confirm(room.members, self.sender.group)

@@ -10,25 +10,39 @@ in its presence, which the room passes on to every occupant: so each user knows 
 occupants are load-test receivers (and which are not: a real client in the room is never
 counted), and on which worker each one runs (the id starts with the worker's prefix).
 
-Who should receive a message is decided when the room reflects it to its sender, not when it
-is sent: a room delivers presence and messages to each occupant in one order, so the members
-the sender knows at the reflection are exactly the occupants the room routed the message to.
-A message never reflected (an error, no reply, the session ended) is ``unconfirmed`` and
-expects nobody; a planned message that could not be sent (its sender was not connected) is
+**Who should receive a message** is decided when the room reflects it to its sender, whenever that
+is: a room sends its presences and messages to each occupant in one order, the order in which it
+handled them, so the members the sender knows at the reflection are exactly the occupants the room
+routed the message to. The reflection is what counts, not the ``message`` request: a reflection that
+comes after the request's timeout (a saturated server) still confirms the message, and a user that
+stops while its messages are in flight still reads their reflections. A message is ``unconfirmed``
+only when the room refused it (an error reply) or its sender's time in the room ended before the
+reflection came; a planned message that could not be sent (its sender was not connected) is
 ``skipped``.
 
-Counts are kept per (receiving member, sending worker): expected deliveries on the sender's
-side, first live deliveries on the receiver's side. A member whose time in the room ended
-without its own leave (connection lost, kicked) is ``broken``; a worker that went missing
-takes its members and its messages with it. For every other pair, what was expected and not
-delivered is ``lost`` and what was delivered beyond expectation is ``unexpected``; for broken
-members and missing workers the shortfall is ``unverified``: nobody can tell whether the
-server would have delivered it (and a missing worker's pairs are not judged for surplus either,
-since its last counts never arrived). The three never cancel each other.
+**A receiver's deliveries are all read** when its time in the room ends with its own leave
+confirmed: the room's answer to a leave comes after everything the room routed to it before, so a
+member that read its stream up to that answer has seen every delivery due to it; such a member has
+``left``. A member whose time ended any other way (connection lost or closed before the answer,
+kicked, a join that failed or was given up) is ``broken``: deliveries due to it may still have been
+queued for it, and nobody can tell.
 
-All counts live in a ``Tally``: integers and dicts that merge by addition, so a worker can ship
-its counts as deltas and the master can sum them. This module does no I/O and knows nothing
-of Locust; ``xmpp_user.outcome`` wires the process tally into a Locust run.
+**Judgement.** Counts are kept per (receiving member, sending worker): expected deliveries on the
+sender's side, first live deliveries on the receiver's side. A pair is judged only once its member's
+time in the room ended ``GRACE`` seconds ago (the time the last counts of other workers take to
+arrive), or at the end of the run; until then its shortfall is ``in_flight``. Then, what was expected
+and not delivered is ``lost`` for a member that left (or that was still in the room when the run
+ended), and ``unverified`` for a broken one; what was delivered beyond expectation is ``unexpected``,
+except up to the number of messages of that worker whose sender never saw the reflection because its
+session ended (``uncertain``): the room may or may not have routed those, so a surplus they explain
+is ``unverified`` too. A worker that went missing takes its members and its messages with it: their
+shortfall is ``unverified`` and their surplus is not judged, since its last counts never arrived.
+Lost, unexpected and unverified never cancel each other.
+
+All counts live in a ``Tally``: integers and dicts that merge by addition or union, so a worker can
+ship its counts as deltas and the master can sum them. This module does no I/O and knows nothing
+of Locust; ``xmpp_user.talk`` applies these rules to a client's stanzas and ``xmpp_user.outcome``
+wires the process tally into a Locust run.
 
 Latencies compare the sender's and the receiver's wall clocks: they are exact on one host
 and as good as NTP across hosts.
@@ -38,8 +52,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from xml.etree.ElementTree import Element
 
 NS = "urn:locust-xmpp:truth"
@@ -50,6 +65,13 @@ MEMBER_TAG = f"{{{NS}}}m"
 
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 _COUNTERS = ("sent", "confirmed", "unconfirmed", "skipped", "duplicated", "out_of_order")
+
+GRACE = 10.0
+"""Seconds after a member's time in the room ended before its counts are judged: a worker reports its
+counts every 3 s, so by then the expectations other workers' senders formed for it have arrived."""
+
+JUDGED = ("expected", "delivered", "in_flight", "lost", "unexpected", "unverified")
+"""The keys ``Tally.summary`` adds to the counters."""
 
 
 def group_of(identity: str) -> str:
@@ -66,7 +88,7 @@ class Tally:
         self.confirmed = 0
         """Messages the room reflected to their sender."""
         self.unconfirmed = 0
-        """Messages never reflected: an error reply, no reply in time, or the session ended."""
+        """Messages never reflected: refused with an error, or their sender's time in the room ended first."""
         self.skipped = 0
         """Messages a scenario planned and did not send because its user was not connected."""
         self.duplicated = 0
@@ -77,8 +99,12 @@ class Tally:
         """Deliveries expected, by 'member|sending group'."""
         self.delivered: Counter[str] = Counter()
         """First live deliveries, by 'member|sending group'."""
-        self.broken: set[str] = set()
-        """Members whose time in the room ended without their own leave."""
+        self.left: dict[str, float] = {}
+        """Members whose own leave the room confirmed, with the time (every delivery due to them was read)."""
+        self.broken: dict[str, float] = {}
+        """Members whose time in the room ended any other way, with the time."""
+        self.uncertain: Counter[str] = Counter()
+        """Messages by sending group whose reflection their sender never saw because its session ended."""
         self._confirmations: Counter[tuple[frozenset[str], str]] = Counter()
 
     def confirm(self, members: frozenset[str], group: str) -> None:
@@ -86,6 +112,10 @@ class Tally:
         spread over the members when the counts are next read."""
         self.confirmed += 1
         self._confirmations[(members, group)] += 1
+
+    def ended(self, member: str, left: bool, now: float) -> None:
+        """``member``'s time in the room ended at ``now``: with its own leave confirmed, or not."""
+        (self.left if left else self.broken)[member] = now
 
     def _settle(self) -> None:
         if self._confirmations:
@@ -99,7 +129,8 @@ class Tally:
         """The counts as plain msgpack-able data (``merge`` takes it back)."""
         self._settle()
         data: dict[str, object] = {name: getattr(self, name) for name in _COUNTERS}
-        data.update(expected=dict(self.expected), delivered=dict(self.delivered), broken=sorted(self.broken))
+        data.update(expected=dict(self.expected), delivered=dict(self.delivered), left=dict(self.left),
+                    broken=dict(self.broken), uncertain=dict(self.uncertain))  # fmt: skip
         return data
 
     def merge(self, other: dict[str, object]) -> None:
@@ -108,24 +139,50 @@ class Tally:
             setattr(self, name, getattr(self, name) + int(other.get(name, 0)))  # type: ignore[call-overload]
         self.expected.update(other.get("expected") or {})  # type: ignore[arg-type]
         self.delivered.update(other.get("delivered") or {})  # type: ignore[arg-type]
-        self.broken.update(other.get("broken") or ())  # type: ignore[arg-type]
+        self.uncertain.update(other.get("uncertain") or {})  # type: ignore[arg-type]
+        for name in ("left", "broken"):
+            ended = other.get(name) or {}
+            if isinstance(ended, dict):
+                getattr(self, name).update(ended)
 
     def reset(self) -> None:
         self.__init__()  # type: ignore[misc]
 
-    def summary(self, missing: Iterable[str] = ()) -> dict[str, int]:
-        """The totals, judged: ``missing`` names the groups (workers) that went missing."""
+    def judge(self, key: str, gone: Collection[str] = (), now: float | None = None, final: bool = False) -> str:
+        """How the pair ``key`` ('member|group') stands: 'missing' (``gone`` names its worker), 'in_flight',
+        'broken' or 'left' (which includes a member still in the room when the run ended: ``final``)."""
+        member, _, group = key.partition("|")
+        if group in gone or group_of(member) in gone:
+            return "missing"
+        ended = self.broken.get(member)
+        state = "broken"
+        if ended is None:
+            ended, state = self.left.get(member), "left"
+        if final:
+            return state
+        if ended is None or (now if now is not None else time.time()) - ended < GRACE:
+            return "in_flight"
+        return state
+
+    def summary(self, missing: Iterable[str] = (), now: float | None = None, final: bool = False) -> dict[str, int]:
+        """The totals, judged (see the theory of operation): ``missing`` names the groups (workers) that went
+        missing; ``final`` judges every pair, as at the end of a run."""
         self._settle()
         gone = set(missing)
-        lost = unexpected = unverified = 0
+        now = time.time() if now is None else now
+        in_flight = lost = unexpected = unverified = 0
         for key in self.expected.keys() | self.delivered.keys():
-            member, _, group = key.partition("|")
             shortfall = self.expected[key] - self.delivered[key]
-            if group in gone or group_of(member) in gone:
+            state = self.judge(key, gone, now, final)
+            if state == "missing":
                 unverified += max(0, shortfall)  # half of the counts went with the worker
+            elif state == "in_flight":
+                in_flight += max(0, shortfall)
             elif shortfall < 0:
-                unexpected -= shortfall
-            elif member in self.broken:
+                explained = min(-shortfall, self.uncertain[key.partition("|")[2]])
+                unverified += explained
+                unexpected += -shortfall - explained
+            elif state == "broken":
                 unverified += shortfall
             else:
                 lost += shortfall
@@ -133,11 +190,23 @@ class Tally:
         totals.update(
             expected=sum(self.expected.values()),
             delivered=sum(self.delivered.values()),
+            in_flight=in_flight,
             lost=lost,
             unexpected=unexpected,
             unverified=unverified,
         )
         return totals
+
+    def members(self, missing: Iterable[str] = (), final: bool = True) -> list[dict[str, object]]:
+        """One row per (member, sending group): its counts and how it was judged, for the run's files."""
+        self._settle()
+        gone, now = set(missing), time.time()
+        rows = []
+        for key in sorted(self.expected.keys() | self.delivered.keys()):
+            member, _, group = key.partition("|")
+            rows.append({"member": member, "group": group, "expected": self.expected[key],
+                         "delivered": self.delivered[key], "state": self.judge(key, gone, now, final)})  # fmt: skip
+        return rows
 
 
 TALLY = Tally()

@@ -16,8 +16,17 @@ from xmpp_user import options as _options  # registers the command-line options
 from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.distribute import dispatch
 from xmpp_user.observe import timeline  # noqa: F401  (registers --xmpp-server-pid)
+from xmpp_user.requests import outstanding
 
 log = logging.getLogger(__name__)
+
+_logging_in = 0
+"""Users of this process started and not yet through their first login and ``on_session``."""
+
+
+def busy() -> int:
+    """Requests this process awaits now, and its users still on their way to their first session."""
+    return outstanding() + _logging_in
 
 
 class XmppUser(User):
@@ -40,6 +49,10 @@ class XmppUser(User):
     """Ceiling of the exponential reconnection backoff."""
     close_timeout: float = 2.0
     """Seconds to wait for the server's ``<close/>`` when the user stops."""
+    patience: float = 60.0
+    """Seconds a user goes on waiting for a reply its request timed out on (the failure is recorded): a
+    saturated server answers late, and a browser client waits rather than drop its session and log in again.
+    Also how long a stopping user reads its stream for the answer to its room leave (message truth)."""
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -70,6 +83,7 @@ class XmppUser(User):
             stream_management=s.stream_management,
             verify_tls=s.verify_tls,
             source_address=s.source_address(self.number),
+            patience=self.patience,
         )
 
     @property
@@ -80,11 +94,15 @@ class XmppUser(User):
         if self.settings is None:
             self._record_config_error()
             return  # the first task stops the user: StopUser raised here would be logged with a traceback
-        gevent.sleep(phases.login_delay())  # the users of one batch do not all log in at once
+        global _logging_in
+        _logging_in += 1
         try:
+            gevent.sleep(phases.login_delay())  # the users of one batch do not all log in at once
             self.ensure_connected()
         except XmppRequestFailed:
             pass  # recorded; the first task retries after the backoff
+        finally:
+            _logging_in -= 1
 
     def on_session(self) -> None:
         """Called after each successful (re)connection: join rooms, enable features."""
@@ -138,6 +156,7 @@ class XmppUser(User):
 @events.init.add_listener
 def _install_outcome(environment: Any, **_kw: Any) -> None:
     if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
+        outcome.busy = busy
         outcome.install(environment)
         observe.install(environment)
         dispatch.install(environment)

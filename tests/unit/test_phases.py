@@ -64,6 +64,7 @@ def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> None:
         ("_log", []),
         ("_worker_environment", None),
         ("connected_sessions", None),
+        ("settle_checks", []),
     ]:
         monkeypatch.setattr(phases, name, value)
 
@@ -122,6 +123,9 @@ def test_current_phase_and_log_follow_the_run(local: PhasedShape, clock: _Clock)
             "spawn_rate": 10,
             "params": {"vcards": True},
             "skipped": False,
+            "settle": 0.0,
+            "waited": None,
+            "settled": None,
         }
     ]
     _run(local, clock, [11, 31, 36])
@@ -210,6 +214,75 @@ def test_an_overrun_phase_is_logged_as_skipped(local: PhasedShape, clock: _Clock
     assert [(e["phase"], e["skipped"]) for e in log] == [("join", False), ("talk", True), ("leave", False)]
     assert log[1]["start_unix"] == log[1]["end_unix"] == T0 + 32
     assert calls == ["join", "leave"]
+
+
+class _Settling(PhasedShape):
+    def phases(self) -> list[Phase]:
+        return [
+            Phase("join", 10, 0, 10, settle=30),
+            Phase("talk", 20, 0, 10, params={"talk": True}),
+            Phase("leave", 5, 0, 50, settle=4),
+        ]
+
+
+@pytest.fixture
+def settling(clock: _Clock, tmp_path: Path) -> Iterator[PhasedShape]:
+    shape = _shape(clock, _Settling)
+    options = argparse.Namespace(csv_prefix=str(tmp_path / "out" / "run"))
+    env = Environment(user_classes=[_Quiet], shape_class=shape, parsed_options=options)
+    runner = env.create_local_runner()
+    yield shape
+    runner.quit()
+
+
+def test_a_settling_phase_waits_for_quiet_and_the_later_phases_move_by_as_much(
+    settling: PhasedShape, clock: _Clock, tmp_path: Path
+) -> None:
+    asked: list[float] = []
+
+    def replies(since: float) -> str | None:
+        asked.append(since - T0)
+        return "3 replies outstanding" if clock.t < 17 else None
+
+    phases.settle_checks.append(replies)
+    busy_leave = [True]
+    phases.settle_checks.append(lambda since: "server CPU 90 %" if busy_leave[0] and clock.t > 30 else None)
+    names = []
+    for t in [0, 9.9, 10, 12, 16.9, 17, 18, 36.9, 37, 41.9, 42, 44, 45.9, 46]:
+        clock.t = t
+        tick = settling.tick()
+        names.append(None if tick is None else phases.current_phase().name)  # type: ignore[union-attr]
+    assert names == ["join", "join", "join", "join", "join", "talk", "talk", "talk", "leave", "leave", "leave",
+                     "leave", "leave", None]  # fmt: skip
+    # The check is asked from the planned end of the join on, with that end as the moment to be quiet since.
+    assert asked[:4] == [10, 10, 10, 10]
+    log = phases.phase_log()
+    assert [(e["phase"], e["start_unix"] - T0, e["end_unix"] - T0) for e in log] == [
+        ("join", 0, 17), ("talk", 17, 37), ("leave", 37, 46)]  # fmt: skip
+    assert [(e["waited"], e["settled"]) for e in log] == [(7, "quiet"), (None, None), (4, "server CPU 90 %")]
+    with open(tmp_path / "out" / "run_phases.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["waited"], r["settled"]) for r in rows] == [("7.0", "quiet"), ("", ""), ("4.0", "server CPU 90 %")]
+
+
+def test_a_phase_after_a_long_wait_runs_its_whole_length(settling: PhasedShape, clock: _Clock) -> None:
+    # The join waits 28 s: longer than the whole talk after it, which must still run its 20 s.
+    phases.settle_checks.append(lambda since: "busy" if clock.t < 38 else None)
+    for t in [0, 10, 37, 38, 57.9, 58]:
+        clock.t = t
+        settling.tick()
+    log = phases.phase_log()
+    assert [(e["phase"], e["start_unix"] - T0, e["skipped"]) for e in log] == [
+        ("join", 0, False), ("talk", 38, False), ("leave", 58, False)]  # fmt: skip
+
+
+def test_a_settling_phase_waits_until_every_planned_user_is_started(settling: PhasedShape) -> None:
+    runner = settling.runner
+    assert runner is not None
+    runner.state = "spawning"
+    assert settling._not_quiet(Phase("join", 10, 5, 10, settle=30), T0) == ["0 of 5 users started"]
+    runner.state = "running"  # a worker that went missing takes its users: the phase does not wait for them
+    assert settling._not_quiet(Phase("join", 10, 5, 10, settle=30), T0) == []
 
 
 def test_phases_are_sized_from_the_options(clock: _Clock) -> None:

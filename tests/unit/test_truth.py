@@ -26,7 +26,8 @@ def _receive_all(receiver: Receiver, sender: str, seqs: list[int]) -> list[float
 
 
 def _judged(tally: Tally, missing: tuple[str, ...] = ()) -> dict[str, int]:
-    s = tally.summary(missing)
+    """The totals as judged at the end of a run."""
+    s = tally.summary(missing, final=True)
     return {k: s[k] for k in ("expected", "delivered", "lost", "unexpected", "unverified")}
 
 
@@ -114,7 +115,7 @@ def test_lost_unexpected_and_unverified_never_cancel_out() -> None:
     tally.expected.update({"l.1.1|l": 10, "l.2.2|l": 10, "l.3.3|l": 10})
     # l.1.1 got 8 of its 10; l.2.2 got 12 (2 nobody announced); l.3.3 broke after 4.
     tally.delivered.update({"l.1.1|l": 8, "l.2.2|l": 12, "l.3.3|l": 4})
-    tally.broken.add("l.3.3")
+    tally.ended("l.3.3", False, 0.0)
     assert _judged(tally) == {"expected": 30, "delivered": 24, "lost": 2, "unexpected": 2, "unverified": 6}
 
 
@@ -160,17 +161,17 @@ def test_worker_deltas_merge_into_master_totals() -> None:
             worker.delivered["w9.1.1|w0"] += round_ % 2
             worker.duplicated += i
             if round_ == 2 and i == 1:
-                worker.broken.add("w1.1.1")
+                worker.ended("w1.1.1", False, 5.0)
             reports.append(worker.as_dict())
             worker.reset()
     for report in reports:
         master.merge(json.loads(json.dumps(report)))  # what crosses the wire is plain data
-    assert (master.sent, master.confirmed, master.duplicated, master.broken) == (9, 6, 3, {"w1.1.1"})
+    assert (master.sent, master.confirmed, master.duplicated, master.broken) == (9, 6, 3, {"w1.1.1": 5.0})
     assert master.expected == {"w0.1.1|w0": 3, "w1.1.1|w1": 3, "w9.1.1|w0": 3, "w9.1.1|w1": 3}
     assert _judged(master) == {"expected": 12, "delivered": 8, "lost": 4, "unexpected": 0, "unverified": 0}
     assert all(not v for w in workers for v in w.as_dict().values())
     master.merge({"sent": 1, "lost": 99, "unknown": 5})
-    assert master.sent == 10 and master.summary()["lost"] == 4
+    assert master.sent == 10 and master.summary(final=True)["lost"] == 4
 
 
 def test_memory_stays_bounded_with_many_senders_and_losses() -> None:
@@ -259,7 +260,7 @@ def test_local_run_logs_writes_json_and_fails_the_exit_code_on_loss(tmp_path, ca
     assert lines.count("Run differs from the plan: the room has no vCard") == 1
     assert [line for line in lines if line.startswith("Message truth")] == [
         "Message truth: sent=3 confirmed=3 unconfirmed=0 skipped=0 duplicated=0 out_of_order=0 expected=9 "
-        "delivered=8 lost=1 unexpected=0 unverified=0 missing_workers=0 missing_users=0"
+        "delivered=8 in_flight=0 lost=1 unexpected=0 unverified=0 missing_workers=0 missing_users=0"
     ]
     written = json.loads((tmp_path / "out" / "run_truth.json").read_text())
     assert written == outcome.summary(env)

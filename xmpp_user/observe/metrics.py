@@ -67,7 +67,10 @@ TRUTH_COUNTERS = {
 }
 """Keys of ``outcome.summary()`` that only grow during a run (a new run starts them from zero again)."""
 TRUTH_GAUGES = {
-    "lost": (names.DELIVERIES_LOST, "Deliveries due to receivers still connected and not delivered so far."),
+    "in_flight": (names.DELIVERIES_IN_FLIGHT, "Deliveries due and not delivered yet to receivers still in their "
+                                              "room: not judged yet."),
+    "lost": (names.DELIVERIES_LOST, "Deliveries due and never delivered to receivers that read their stream up to "
+                                    "their own leave."),
     "unexpected": (names.DELIVERIES_UNEXPECTED, "Deliveries beyond what was due."),
     "unverified": (names.DELIVERIES_UNVERIFIED, "Deliveries due to receivers whose connection broke, or on lost "
                                                 "workers: nobody can tell."),

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 TRUTH_KEYS = (
-    "sent", "confirmed", "unconfirmed", "skipped", "expected", "delivered", "lost", "unexpected", "unverified",
+    "sent", "confirmed", "unconfirmed", "skipped", "expected", "delivered", "in_flight", "lost", "unexpected",
+    "unverified",
     "duplicated", "out_of_order", "missing_workers", "missing_users",
 )  # fmt: skip
 """The message truth counters a timeline sample and a snapshot carry (``outcome.summary`` less deviations)."""

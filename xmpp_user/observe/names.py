@@ -26,8 +26,12 @@ MESSAGES_SKIPPED = f"{GENERATOR}_messages_skipped_total"
 DELIVERIES_EXPECTED = f"{GENERATOR}_deliveries_expected_total"
 DELIVERIES = f"{GENERATOR}_deliveries_total"
 """Counter: first live deliveries to our receivers."""
+DELIVERIES_IN_FLIGHT = f"{GENERATOR}_deliveries_in_flight"
+"""Gauge: expected and not delivered yet, to receivers whose time in the room has not ended (or ended less than
+the truth's grace time ago): not judged yet."""
 DELIVERIES_LOST = f"{GENERATOR}_deliveries_lost"
-"""Gauge: expected and not delivered so far, to receivers still connected (final at the run's end)."""
+"""Gauge: expected and never delivered to receivers that read their stream to their own leave (final at the run's
+end)."""
 DELIVERIES_UNEXPECTED = f"{GENERATOR}_deliveries_unexpected"
 DELIVERIES_UNVERIFIED = f"{GENERATOR}_deliveries_unverified"
 DELIVERIES_DUPLICATED = f"{GENERATOR}_deliveries_duplicated_total"

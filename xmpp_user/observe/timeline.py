@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,11 @@ SERVER_INTERVAL = 0.2
 MAX_SAMPLES = 200_000
 """Timeline samples kept at most (two days at one a second); later ones are dropped, and the log says so."""
 MAX_SERVER_SAMPLES = 5 * MAX_SAMPLES
+QUIET_WINDOW = 2.0
+"""Seconds of server samples over which its CPU is compared with its idle level (phases that settle)."""
+QUIET_MARGIN = 10.0
+"""Percentage points above its idle level at which the server still counts as quiet: its idle level is the
+lowest mean CPU it showed over any ``QUIET_WINDOW`` of the run so far."""
 LAB_DIR_VARIABLE = "LOCUST_XMPP_LAB_DIR"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -129,6 +135,9 @@ class Recorder:
         self._greenlets: list[gevent.Greenlet] = []
         self._full_said = False
         self.written = False
+        self._last: deque[float] = deque(maxlen=max(1, round(QUIET_WINDOW / SERVER_INTERVAL)))
+        self._recent: float | None = None
+        self._idle: float | None = None
 
     # The run
 
@@ -136,6 +145,8 @@ class Recorder:
         """A run starts: forget the previous one, find the server, start sampling."""
         self.stop_sampling()
         self.samples, self.server_rows, self.snapshots = [], [], []
+        self._last.clear()
+        self._recent = self._idle = None
         self.written = False
         options = self.environment.parsed_options
         pid, name, note = find_server(options, self.environment.host or getattr(options, "host", None))
@@ -225,6 +236,25 @@ class Recorder:
         totals = outcome.summary(self.environment)
         return {k: int(totals[k]) for k in TRUTH_KEYS if k in totals}
 
+    def server_quiet(self, since: float) -> str | None:
+        """None if the server's CPU over the last ``QUIET_WINDOW`` seconds is back near its idle level (or the
+        server is not observed), else what it is."""
+        if not self.server.get("pid"):
+            return None
+        if self._idle is None or self._recent is None:
+            return "too few server samples yet"
+        if self._recent <= self._idle + QUIET_MARGIN:
+            return None
+        return f"server CPU {self._recent:.0f} % (idle {self._idle:.0f} %)"
+
+    def _window(self, percent: float) -> None:
+        """Keep the server's mean CPU over the last ``QUIET_WINDOW`` and the lowest such mean of the run."""
+        window = self._last
+        window.append(percent)
+        if len(window) == window.maxlen:
+            self._recent = sum(window) / len(window)
+            self._idle = self._recent if self._idle is None else min(self._idle, self._recent)
+
     def _sample_loop(self) -> None:
         began = time.monotonic()
         for k in range(MAX_SAMPLES):
@@ -246,6 +276,8 @@ class Recorder:
             if previous is not None and now > previous[0]:
                 percent = (cpu - previous[1]) / (now - previous[0]) * 100
             self.server_rows.append((now, cpu, percent, rss))
+            if percent is not None:
+                self._window(percent)
             previous = (now, cpu)
             gevent.sleep(max(0.0, began + (k + 1) * SERVER_INTERVAL - time.monotonic()))
         self._say_full("server")
@@ -271,6 +303,7 @@ def install(environment: Environment) -> None:
         return
     rec = _installed[environment] = Recorder(environment)
     phases.on_phase_change.append(lambda phase: rec.on_phase(phase) if rec.environment.runner is runner else None)
+    phases.settle_checks.append(lambda since: rec.server_quiet(since) if rec.environment.runner is runner else None)
 
     def on_test_start(**_kw: Any) -> None:
         rec.start()
