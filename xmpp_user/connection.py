@@ -162,7 +162,6 @@ class Connection:
             if not steps:
                 self.requests.record("stream", reason)
             if not self._settled.wait(self.patience):
-                self.requests.negotiation.clear()
                 self._end(reason, record=False)
         if self.redirect and self.life is not Life.READY:
             self.abort()
@@ -353,7 +352,6 @@ class Connection:
         if event.see_other_uri and self.life is Life.CONNECTING:
             # RFC 7395 section 3.6.1: the server sends us elsewhere before the session starts.
             self.redirect = event.see_other_uri
-            self.requests.negotiation.clear()
             self._end(None)
         elif self.life is not Life.CLOSING:
             self._end("the server closed the stream")

@@ -40,7 +40,8 @@ _outstanding = 0
 
 
 def outstanding() -> int:
-    """Requests of this process awaiting their reply now (not those that already timed out)."""
+    """Requests of this process whose reply has not come yet: those that timed out and may still be answered
+    included (the server still has them), those cancelled or whose session ended not."""
     return _outstanding
 
 
@@ -133,6 +134,7 @@ class Requests:
         for p in pendings:
             if p.late:
                 p.late = False
+                _no_longer_awaited()
                 _wake(p)
             elif reason is None:
                 self.cancel(p)
@@ -191,6 +193,7 @@ class Requests:
 
     def _answered_late(self, pending: Pending, element: Element | None, error: str | None) -> None:
         pending.late = False
+        _no_longer_awaited()
         pending.element = element
         pending.error = error
         pending.refused = error is not None
@@ -258,8 +261,14 @@ class Requests:
 
 
 def _ended(pending: Pending) -> None:
-    global _outstanding
+    """The request ends; unless it timed out (a late reply may still come), nothing more is awaited for it."""
     pending.done = True
+    if not pending.late:
+        _no_longer_awaited()
+
+
+def _no_longer_awaited() -> None:
+    global _outstanding
     _outstanding -= 1
 
 

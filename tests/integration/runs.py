@@ -80,6 +80,37 @@ def locust_command(locustfile: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "locust", "-f", str(REPO / "locustfiles" / locustfile), *args]
 
 
+class Started:
+    """A Locust process whose output goes to a file, so the test can wait for a line of it."""
+
+    def __init__(self, cmd: list[str], log: Path) -> None:
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_for(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text():
+            assert self.proc.poll() is None, f"exited before {text!r}:\n{self.output[-3000:]}"
+            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output[-3000:]}"
+            time.sleep(0.05)
+
+    def finish(self, timeout: float = 90) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+
 def run_locust(locustfile: str, prefix: Path, *args: str, timeout: float = 150) -> Run:
     """Run Locust to the end (killed and failed past ``timeout``); stdout and stderr together."""
     started = time.monotonic()

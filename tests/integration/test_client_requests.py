@@ -25,6 +25,7 @@ from xmpp_user.core.stream import Credentials
 from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.features import disco, mam
 from xmpp_user.features import vcard as vcard_feature
+from xmpp_user.requests import outstanding
 from xmpp_user.transport import WebSocketTransport
 
 PASSWORD = "secret"
@@ -337,11 +338,14 @@ def test_expire_fails_an_unanswered_request_and_counts_its_late_reply_once(lab) 
         fresh = asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid)
         gevent.sleep(0.3)
         young = asker.send_iq("custom", "get", "<query xmlns='urn:example:slow'/>", silent.jid)
+        awaited = outstanding()
         assert asker.expire([slow, fresh, young], timeout=0.2) == [young]
         assert [(e["name"], str(e["exception"])) for e in rec.take()] == [
             ("custom", "no reply within 0.2 s"), ("custom", "no reply within 0.2 s"),
         ]  # fmt: skip
         assert not slow.ok and slow.error == "no reply within 0.2 s"
+        # Failed, yet still awaited from the server (a phase that settles waits for them).
+        assert outstanding() == awaited
         assert wait_until(lambda: len(held) == 3)
         # Now the peer answers all three: the young one completes; the expired ones, already recorded as failures,
         # fire nothing more and are counted as late replies (the server was slow, not silent).
@@ -354,6 +358,7 @@ def test_expire_fails_an_unanswered_request_and_counts_its_late_reply_once(lab) 
         assert rec.failures == []
         assert young.ok and slow.element is not None and not slow.late
         assert DEVIATIONS.counts["late_replies"] - late_before == 2
+        assert outstanding() == awaited - 3
 
 
 def test_expire_with_a_tiny_timeout_and_a_late_vcard_reply(lab) -> None:

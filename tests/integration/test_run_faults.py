@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 from faults import TcpProxy
-from runs import REPO, Run, locust_command, room_name
+from runs import Run, Started, locust_command, room_name
 
 from xmpp_user.lab.lab import free_port
 
@@ -20,37 +19,6 @@ ONE_BATCH = [
     "--batches", "1", "--viewers", str(VIEWERS), "--join-rate", "20", "--talk-delay", "1", "--pause", "1",
     "--seed-messages", "10", "--seed-interval", "0.02", "--seed-wait", "1",
 ]  # fmt: skip
-
-
-class Started:
-    """A Locust process whose output goes to a file, so the test can wait for a line of it."""
-
-    def __init__(self, cmd: list[str], log: Path) -> None:
-        self.log = log
-        with open(log, "wb") as out:
-            self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-
-    def wait_for(self, text: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log.read_text():
-            assert self.proc.poll() is None, f"exited before {text!r}:\n{self.output[-3000:]}"
-            assert time.monotonic() < deadline, f"no {text!r} within {timeout} s:\n{self.output[-3000:]}"
-            time.sleep(0.05)
-
-    def finish(self, timeout: float = 90) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self.kill()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
 
 
 def livechat(tmp_path: Path, host: str, *args: str, name: str = "run") -> tuple[Started, Path]:

@@ -149,7 +149,8 @@ class ArchiveSeeder(_RoomUser):
         if self.posted >= share:
             return
         deadline = time.monotonic() + 5
-        while len(self.xmpp.room(self.room).occupants) < 2 and time.monotonic() < deadline:
+        # The partner is the other seeder (a truth member), not any occupant: a real client may sit in the room.
+        while len(self.xmpp.room(self.room).members) < 2 and time.monotonic() < deadline:
             gevent.sleep(0.1)
         interval = self.options.seed_interval * 2
         while self.posted < share:
