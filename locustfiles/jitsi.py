@@ -1,14 +1,15 @@
 """The Jitsi Meet participant test (shared notes, field-scenarios section 2).
 
 Participants arrive in batches (100 every 10 s by default) until rooms x participants are
-in; each asks the focus for the conference (when ``--jitsi-focus`` names one), joins the
+in, each batch into conferences of its own (the field's batches of 100 were 2 new conferences
+of 50); each asks the focus for the conference (when ``--jitsi-focus`` names one), joins the
 room with jitsi-meet's presence extensions, answers the focus's Jingle offer, pings every
 10 s, and leaves (room, then global unavailable, then close). Phases: batch1..batchN, hold,
 leave. The field question: does the server's RAM grow linearly with participants?
 
     locust-xmpp lab up
     locust -f locustfiles/jitsi.py --headless --host ws://127.0.0.1:15280/xmpp-websocket \
-        --jitsi-rooms 2 --jitsi-participants 50 --csv results/jitsi
+        --jitsi-rooms 10 --jitsi-participants 50 --csv results/jitsi
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import logging
 import math
 import os
+import re
 from typing import Any
 from urllib.parse import quote
 from xml.etree.ElementTree import Element
@@ -27,7 +29,7 @@ from xmpp_user import XmppUser, phases
 from xmpp_user.batches import batch_phases
 from xmpp_user.features import jitsi
 from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
-from xmpp_user.phases import Phase, PhasedShape
+from xmpp_user.phases import Phase, PhasedShape, current_phase
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,21 @@ def _announce(environment: Any, **_kw: Any) -> None:
         log.info("No focus configured (--jitsi-focus): the conference IQ and Jingle answers are skipped")
 
 
+def conference_of(n: int, options: Any) -> int:
+    """The conference the n-th participant of this process joins. Each batch fills the conferences its share of
+    the plan covers, as in the field test, where every batch of 100 was one more JXS process of 2 conferences of
+    50: batch k's participants are numbers (k-1)B .. kB-1 of the plan (B the batch size, P participants per
+    conference), so it covers conferences (k-1)B // P .. (kB-1) // P, and its participants, on every worker, take
+    them in turn. With B a multiple of P (the field's 100 and 50) each batch has conferences of its own."""
+    phase = current_phase()
+    match = re.fullmatch(r"batch(\d+)", phase.name) if phase is not None else None
+    if match is None:
+        return n % options.jitsi_rooms
+    k, size, per = int(match.group(1)), options.batch_size, options.jitsi_participants
+    first, last = (k - 1) * size // per, (k * size - 1) // per
+    return (first + n % (last - first + 1)) % options.jitsi_rooms
+
+
 class Participant(XmppUser):
     _counter = itertools.count()
 
@@ -60,7 +77,7 @@ class Participant(XmppUser):
         super().__init__(environment)
         opts = environment.parsed_options
         n = next(Participant._counter)
-        self.conference = f"{self.settings.room if self.settings else 'jitsi'}{n % opts.jitsi_rooms}"
+        self.conference = f"{self.settings.room if self.settings else 'jitsi'}{conference_of(n, opts)}"
         self.room = f"{self.conference}@{self.settings.muc if self.settings else 'invalid'}"
         self.focus = opts.jitsi_focus
         self.participant_id = os.urandom(4).hex()
