@@ -119,6 +119,35 @@ def test_lost_unexpected_and_unverified_never_cancel_out() -> None:
     assert _judged(tally) == {"expected": 30, "delivered": 24, "lost": 2, "unexpected": 2, "unverified": 6}
 
 
+def test_a_shortfall_is_in_flight_until_its_member_left_and_the_grace_time_passed() -> None:
+    tally = Tally()
+    tally.expected.update({"l.1.1|l": 10, "l.2.2|l": 10, "l.3.3|l": 10})
+    tally.delivered.update({"l.1.1|l": 7, "l.2.2|l": 9, "l.3.3|l": 12})
+    now = 1_000.0
+    # Everyone still in the room: what is missing is on its way, and a surplus is not judged either.
+    assert {k: tally.summary(now=now)[k] for k in ("in_flight", "lost", "unexpected", "unverified")} == {
+        "in_flight": 4, "lost": 0, "unexpected": 0, "unverified": 0}  # fmt: skip
+    tally.ended("l.1.1", True, now)  # left, its leave answered: every delivery due to it was read
+    tally.ended("l.2.2", False, now)  # its session ended without the answer
+    soon = {k: tally.summary(now=now + truth.GRACE - 0.1)[k] for k in ("in_flight", "lost", "unverified")}
+    assert soon == {"in_flight": 4, "lost": 0, "unverified": 0}  # other workers' counts may still come
+    later = tally.summary(now=now + truth.GRACE)
+    assert {k: later[k] for k in ("in_flight", "lost", "unexpected", "unverified")} == {
+        "in_flight": 0, "lost": 3, "unexpected": 0, "unverified": 1}  # fmt: skip
+    # At the end of the run every pair is judged: l.3.3, still in the room, for its surplus.
+    final = tally.summary(now=now, final=True)
+    assert {k: final[k] for k in ("in_flight", "lost", "unexpected", "unverified")} == {
+        "in_flight": 0, "lost": 3, "unexpected": 2, "unverified": 1}  # fmt: skip
+
+
+def test_a_surplus_from_messages_whose_sender_never_saw_their_reflection_is_unverified() -> None:
+    tally = Tally()
+    tally.expected.update({"w0.1.1|w1": 5, "w0.2.2|w1": 5, "w0.3.3|w0": 5})
+    tally.delivered.update({"w0.1.1|w1": 6, "w0.2.2|w1": 9, "w0.3.3|w0": 6})
+    tally.uncertain["w1"] += 2  # a sender on w1 lost its session with two messages unreflected
+    assert _judged(tally) == {"expected": 15, "delivered": 21, "lost": 0, "unexpected": 3, "unverified": 3}
+
+
 def test_a_missing_worker_takes_its_receivers_and_its_senders_out_of_judgement() -> None:
     tally = Tally()
     tally.expected.update({"w0.1.1|w0": 5, "w0.1.1|w1": 5, "w1.2.2|w0": 5, "w1.2.2|w1": 5})
@@ -164,9 +193,15 @@ def test_worker_deltas_merge_into_master_totals() -> None:
                 worker.ended("w1.1.1", False, 5.0)
             reports.append(worker.as_dict())
             worker.reset()
+    workers[0].ended("w0.1.1", True, 4.0)
+    workers[1].uncertain["w1"] += 1
+    for worker in workers:
+        reports.append(worker.as_dict())
+        worker.reset()
     for report in reports:
         master.merge(json.loads(json.dumps(report)))  # what crosses the wire is plain data
     assert (master.sent, master.confirmed, master.duplicated, master.broken) == (9, 6, 3, {"w1.1.1": 5.0})
+    assert (master.left, master.uncertain) == ({"w0.1.1": 4.0}, {"w1": 1})
     assert master.expected == {"w0.1.1|w0": 3, "w1.1.1|w1": 3, "w9.1.1|w0": 3, "w9.1.1|w1": 3}
     assert _judged(master) == {"expected": 12, "delivered": 8, "lost": 4, "unexpected": 0, "unverified": 0}
     assert all(not v for w in workers for v in w.as_dict().values())
