@@ -234,10 +234,18 @@ def truth_row() -> list[dict[str, Any]]:
     return [
         stat(
             "Deliveries lost",
-            "Expected and not delivered to receivers still connected (final at the run's end).",
+            "Expected and never delivered to receivers that read their stream to their own leave: judged once a "
+            "receiver has left (final at the run's end).",
             [Query(f"sum({n.DELIVERIES_LOST})", "lost")],
             text_mode="value",
             red_from=1,
+        ),
+        stat(
+            "Deliveries in flight",
+            "Expected and not delivered yet to receivers still in the room (or that left moments ago): not judged "
+            "yet, so not lost. Many for long: the server has a backlog.",
+            [Query(f"sum({n.DELIVERIES_IN_FLIGHT})", "in flight")],
+            text_mode="value",
         ),
         stat(
             "Unexpected and unverified deliveries",
@@ -248,7 +256,7 @@ def truth_row() -> list[dict[str, Any]]:
                 Query(f"sum({n.DELIVERIES_UNVERIFIED})", "unverified"),
             ],
             red_from=1,
-            width=18,
+            width=12,
         ),
         timeseries(
             "Message delivery latency",
@@ -260,9 +268,11 @@ def truth_row() -> list[dict[str, Any]]:
             unit="s",
         ),
         timeseries(
-            "Lost, unexpected and unverified deliveries",
-            "Lost: expected and not delivered so far, to receivers still connected.",
+            "In flight, lost, unexpected and unverified deliveries",
+            "In flight: expected and not delivered yet, to receivers not judged yet. Lost: expected and never "
+            "delivered, to receivers that have left.",
             [
+                Query(f"sum({n.DELIVERIES_IN_FLIGHT})", "in flight"),
                 Query(f"sum({n.DELIVERIES_LOST})", "lost"),
                 Query(f"sum({n.DELIVERIES_UNEXPECTED})", "unexpected"),
                 Query(f"sum({n.DELIVERIES_UNVERIFIED})", "unverified"),

@@ -22,15 +22,23 @@ try:
 except OSError:
     print(f"\nNo report: {prefix}_report.json was not written (see the log above)")
     sys.exit(0)
-print(f"\n{'phase':14} {'seconds':>8} {'users':>6} {'connected':>10} {'CPU % mean/max':>15} {'RSS MiB':>8} "
-      f"{'msg/s':>6} {'failures':>8}")
+print(f"\n{'phase':14} {'seconds':>8} {'waited':>7} {'users':>6} {'connected':>10} {'CPU % mean/max':>15} "
+      f"{'RSS MiB':>8} {'msg/s':>6} {'failures':>8}")
+gave_up = []
 for r in report["phases"]:
+    # waited: seconds the phase went on after its plan, waiting for the server to go quiet; * gave up first
+    waited = f"{r['waited']:.1f}" if r.get("waited") is not None else ""
+    if r.get("settled") not in (None, "quiet"):
+        waited += "*"
+        gave_up.append(f"* {r['name']} stopped waiting before the server went quiet: {r['settled']}")
     connected = f"{r['connected_min']}-{r['connected_max']}" if r["connected_max"] is not None else ""
     cpu = f"{r['cpu_mean']:.0f}/{r['cpu_max']:.0f}" if r["cpu_mean"] is not None else ""
     rss = f"{r['rss_max'] / 2**20:.1f}" if r["rss_max"] is not None else ""
     rate = f"{r['message_rate']:.1f}" if r["message_rate"] is not None else ""
-    print(f"{r['name']:14} {r['seconds']:8.1f} {r['users']:>6} {connected:>10} {cpu:>15} {rss:>8} {rate:>6} "
-          f"{r['failures'] if r['failures'] is not None else '':>8}")
+    print(f"{r['name']:14} {r['seconds']:8.1f} {waited:>7} {r['users']:>6} {connected:>10} {cpu:>15} {rss:>8} "
+          f"{rate:>6} {r['failures'] if r['failures'] is not None else '':>8}")
+for line in gave_up:
+    print(line)
 print("\nConclusions:")
 for c in report["conclusions"]:
     print(f"- {c['text']}")

@@ -85,7 +85,7 @@ class _Run:
     def summary(self, final: bool = False) -> dict[str, Any]:
         """The totals judged now; once the run is reported, as they were judged at its end."""
         if self.reported is not None and not final:
-            return self.reported
+            return dict(self.reported)  # a copy: callers take the deviations out
         return {
             **self.tally.summary(self.missing, final=final),
             "missing_workers": len(self.missing),

@@ -67,6 +67,7 @@ class ClockExporter:
         yield duration
         for family, value in ((names.MESSAGES_SENT, sent), (names.DELIVERIES, sent * 3)):
             yield CounterMetricFamily(family.removesuffix("_total"), "truth", value=value)
+        yield GaugeMetricFamily(names.DELIVERIES_IN_FLIGHT, "in flight", value=min(sent, 4))
         yield GaugeMetricFamily(names.DELIVERIES_LOST, "lost", value=0)
         yield CounterMetricFamily(names.SERVER_CPU.removesuffix("_total"), "cpu", value=e / 2)
         yield GaugeMetricFamily(names.SERVER_RSS, "rss", value=10 * MIB + users * 64 * 1024)
@@ -143,10 +144,12 @@ def test_the_report_reads_a_run_back_from_prometheus(prometheus: tuple[str, floa
     assert run.timeline[-1].requests["message"] == pytest.approx(50, abs=6)
     assert run.timeline[-1].failures["connect"] == 1
     assert run.timeline[-1].truth["delivered"] == 3 * run.timeline[-1].truth["sent"] > 0
-    assert run.timeline[-1].truth["lost"] == 0
+    assert run.timeline[-1].truth["lost"] == 0 and run.timeline[-1].truth["in_flight"] == 4  # a gauge, as served
     # The server: irate of its CPU seconds (half a CPU), its RSS growing with the users.
     cpu = [s.cpu_percent for s in run.server if s.cpu_percent is not None]
     assert cpu and all(40 <= c <= 60 for c in cpu), cpu
+    used = [s.cpu_seconds for s in run.server if s.cpu_seconds is not None]  # the process counter itself
+    assert used == sorted(used) and 0 <= used[0] < used[-1] <= 10, used
     rss = [s.rss_bytes for s in run.server if s.rss_bytes is not None]
     assert min(rss) >= 10 * MIB and max(rss) == 10 * MIB + PEAK * 64 * 1024
     assert "127.0.0.1" in run.server_name
@@ -158,6 +161,7 @@ def test_the_report_reads_a_run_back_from_prometheus(prometheus: tuple[str, floa
     assert steady.latency["message"].p50 == 10.0  # the bucket bound, in ms
     assert steady.latency["message"].p95 == 50.0
     assert ramp.failures + steady.failures == 1
+    assert (ramp.in_flight, steady.in_flight, steady.lost) == (4, 4, 0)
     assert steady.cpu_mean == pytest.approx(50, abs=8)
 
     report = write_report(run, tmp_path / "prom")
@@ -181,5 +185,3 @@ def test_a_query_prometheus_refuses_is_one_line(prometheus: tuple[str, float]) -
 
     with pytest.raises(PrometheusError, match=r"^Prometheus refused 'sum\(': .*parse error"):
         http_fetch(prometheus[0])("/api/v1/query", {"query": "sum(", "time": f"{time.time():.3f}"})
-
-

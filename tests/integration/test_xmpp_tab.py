@@ -1,10 +1,11 @@
 """The XMPP tab of Locust's web UI in a real browser, during and after a small livechat run on the lab Prosody.
 
 Locust starts the run at once (``--autostart``) and keeps its UI up afterwards; headless Chromium (Debian's,
-driven by Playwright, as in ``test_web_ui.py``) opens the XMPP tab. While the run goes on the tab must show a
-phase of the plan with its planned users, the server as not observed (no sampler in this run) and the report
-as coming. Once the run has stopped, a reload shows the final message truth, which must be the numbers of
-``/xmpp/truth``, the phases as ended, and, once the report exists, its route and its link under Download Data.
+driven by Playwright, as in ``test_web_ui.py``) opens the XMPP tab. The run observes the lab's Prosody (its
+``LOCUST_XMPP_LAB_DIR`` is the lab's). While the run goes on the tab must show a phase of the plan with its
+planned users, the server's process, CPU % and RSS as the run samples them, and the report as coming. Once
+the run has stopped, a reload shows the final message truth, which must be the numbers of ``/xmpp/truth``, the
+phases as ended, and, once the report exists, its route and its link under Download Data.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def test_the_xmpp_tab_shows_phase_truth_server_and_report(lab: Lab, tmp_path: Pa
         "--web-host", "127.0.0.1", "--web-port", str(port), "--host", lab.websocket_url,
         "--xmpp-room", f"tab-{uuid.uuid4().hex[:8]}", "--csv", str(prefix), *SCENARIO,
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LOCUST_XMPP_LAB_DIR": str(lab.run_dir)}  # observe the lab
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -83,11 +84,16 @@ def test_the_xmpp_tab_shows_phase_truth_server_and_report(lab: Lab, tmp_path: Pa
                 page.goto(f"{base}/")
                 page.get_by_role("tab", name="XMPP").click()
 
-                running = _wait_rows(page, lambda r: r.get("phase/phase") in PHASES, 20, "a phase of the plan")
+                running = _wait_rows(page, lambda r: r.get("phase/phase") in PHASES and "server/CPU" in r, 20,
+                                     "a phase of the plan and the server's CPU")  # fmt: skip
                 page.screenshot(path=str(tmp_path / "running.png"), full_page=True)
                 assert running["run/state"] in ("spawning", "running"), running
                 assert running["phase/planned users"].isdigit(), running
-                assert running["server/server"] == webui.NOT_OBSERVED, running
+                assert "server/server" not in running, running  # not "not observed"
+                assert running["server/process"] == f"{lab.name} (pid {lab.pid})", running
+                assert re.fullmatch(r"\d+\.\d %( \(\d+(\.\d)? s ago\))?", running["server/CPU"]), running
+                rss = re.fullmatch(r"(\d+\.\d) MiB", running["server/memory (RSS)"])
+                assert rss and 1 < float(rss[1]) < 4096, running
                 assert running["report/report"] == "after the run", running
                 assert {"truth/sent", "truth/delivered", "truth/lost"} <= set(running), running
 

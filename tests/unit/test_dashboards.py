@@ -132,8 +132,8 @@ def test_every_metric_read_is_a_family_of_the_contract() -> None:
             read.setdefault(name, where)
     # The families the dashboard exists for.
     wanted = {n.SERVER_CPU, n.SERVER_RSS, n.USERS, n.SESSIONS, n.REQUESTS, n.REQUEST_FAILURES,
-              f"{n.REQUEST_DURATION}_bucket", n.DELIVERIES_LOST, n.DELIVERIES_UNEXPECTED, n.DELIVERIES_UNVERIFIED,
-              n.PHASE, n.PROSODY_C2S_CONNECTIONS}  # fmt: skip
+              f"{n.REQUEST_DURATION}_bucket", n.DELIVERIES_IN_FLIGHT, n.DELIVERIES_LOST, n.DELIVERIES_UNEXPECTED,
+              n.DELIVERIES_UNVERIFIED, n.PHASE, n.PROSODY_C2S_CONNECTIONS}  # fmt: skip
     assert wanted <= set(read), sorted(wanted - set(read))
 
 
@@ -176,6 +176,7 @@ SERIES: dict[str, list[tuple[dict[str, str], str]]] = {
     n.MESSAGES_SKIPPED: [({}, "0x20")],
     n.DELIVERIES_EXPECTED: [({}, "0+50x20")],
     n.DELIVERIES: [({}, "0+50x20")],
+    n.DELIVERIES_IN_FLIGHT: [({}, "120x20")],
     n.DELIVERIES_LOST: [({}, "0x20")],
     n.DELIVERIES_UNEXPECTED: [({}, "0x20")],
     n.DELIVERIES_UNVERIFIED: [({}, "0x20")],
@@ -198,6 +199,7 @@ VALUES = [
     (f"rate({n.SERVER_CPU}[$__rate_interval]) * 100", {**SERVER}, 50),
     (n.SERVER_RSS, {"__name__": n.SERVER_RSS, **SERVER}, 52428800),
     (f"max by (phase) ({n.PHASE}) == 1", {"phase": "seed"}, 1),
+    (f"sum({n.DELIVERIES_IN_FLIGHT})", {}, 120),
 ]
 """Expressions of the dashboard whose values the series above fix: (expression, labels, value)."""
 
@@ -236,6 +238,20 @@ def test_every_expression_returns_data_from_the_exporters_series(tmp_path: Path)
     output = result.stdout + result.stderr
     returned_nothing = [names[a] for a in re.findall(r"alertname: (NoData\d+)", output)]
     assert result.returncode == 0, "\n".join(["promtool test rules failed", *returned_nothing, output])
+
+
+def test_in_flight_is_shown_beside_lost() -> None:
+    """Deliveries in flight are not lost: the dashboard shows both, side by side, as stats and over time."""
+    panels = _panels()
+    stats = [p["title"] for p in panels if p["type"] == "stat"]
+    assert stats.index("Deliveries in flight") == stats.index("Deliveries lost") + 1
+    lost = next(p for p in panels if p["title"] == "Deliveries lost")
+    in_flight = next(p for p in panels if p["title"] == "Deliveries in flight")
+    assert in_flight["gridPos"]["y"] == lost["gridPos"]["y"] and in_flight["gridPos"]["x"] == lost["gridPos"]["x"] + 6
+    assert [metric_names(t["expr"]) for t in in_flight["targets"]] == [{n.DELIVERIES_IN_FLIGHT}]
+    graph = next(p for p in panels if p["type"] == "timeseries" and any(
+        metric_names(t["expr"]) == {n.DELIVERIES_LOST} for t in p["targets"]))  # fmt: skip
+    assert [t["legendFormat"] for t in graph["targets"]][:2] == ["in flight", "lost"]
 
 
 def test_counters_are_read_as_rates_and_the_histogram_by_its_buckets() -> None:

@@ -30,12 +30,15 @@ MIB = 2**20
 
 
 def write_run(prefix: Path, server: bool = True, phases: bool = True) -> None:
-    """A one-batch livechat-like run of 12 s: 5 viewers join, talk, leave."""
-    plan = [("batch1-join", 4, 5), ("batch1-talk", 5, 5), ("batch1-leave", 3, 0)]
+    """A one-batch livechat-like run of 12 s: 5 viewers join, talk, leave. The talk waited 1 s for the server to
+    go quiet; the leave gave up waiting after 2 s."""
+    plan = [("batch1-join", 4, 5, 0.0, "quiet"), ("batch1-talk", 5, 5, 1.0, "quiet"),
+            ("batch1-leave", 3, 0, 2.0, "2 replies outstanding")]  # fmt: skip
     log, t = [], T0
-    for name, seconds, users in plan:
+    for name, seconds, users, waited, settled in plan:
         log.append({"phase": name, "start_unix": t, "end_unix": t + seconds, "users": users, "connected_min": 0,
-                    "connected_max": users, "params": {}, "skipped": False})  # fmt: skip
+                    "connected_max": users, "params": {}, "skipped": False, "settle": 2.0, "waited": waited,
+                    "settled": settled})  # fmt: skip
         t += seconds
     if phases:
         Path(f"{prefix}_phases.json").write_text(json.dumps(log))
@@ -56,13 +59,17 @@ def write_run(prefix: Path, server: bool = True, phases: bool = True) -> None:
             sessions = min(5, second + 1) if second < 9 else 0
             rows.append((t, cpu, None if k == 0 else (60.0 if t <= T0 + 4 else 10.0), 20 * MIB + sessions * 256 * 1024))
     write_server(f"{prefix}_server.csv", rows)
+    # The talk's 125 deliveries: 100 by its end, 25 in flight; the leave judges 2 of them lost.
     snaps = [
-        Snapshot(T0, "batch1-join", {}, {"lost": 0}),
-        Snapshot(T0 + 4, "batch1-talk", {"connect": NameStats(5, 1, {12.0: 4, 300.0: 1})}, {"lost": 0}),
+        Snapshot(T0, "batch1-join", {}, {"delivered": 0, "in_flight": 0, "lost": 0}),
+        Snapshot(T0 + 4, "batch1-talk", {"connect": NameStats(5, 1, {12.0: 4, 300.0: 1})},
+                 {"delivered": 0, "in_flight": 0, "lost": 0}),
         Snapshot(T0 + 9, "batch1-leave", {"connect": NameStats(5, 1, {12.0: 4, 300.0: 1}),
-                                          "message": NameStats(25, 0, {4.0: 20, 9.0: 5})}, {"lost": 0}),
+                                          "message": NameStats(25, 0, {4.0: 20, 9.0: 5})},
+                 {"delivered": 100, "in_flight": 25, "lost": 0}),
         Snapshot(T0 + 12, None, {"connect": NameStats(5, 1, {12.0: 4, 300.0: 1}),
-                                 "message": NameStats(25, 0, {4.0: 20, 9.0: 5, math.inf: 0})}, {"lost": 0}),
+                                 "message": NameStats(25, 0, {4.0: 20, 9.0: 5, math.inf: 0})},
+                 {"delivered": 123, "in_flight": 0, "lost": 2}),
     ]  # fmt: skip
     note = "" if server else "the server was not observed: no --xmpp-server-pid"
     write_phase_stats(f"{prefix}_phase_stats.json", snaps, {"pid": 42 if server else None,
@@ -79,6 +86,9 @@ def test_files_round_trip(tmp_path: Path) -> None:
     assert [s.phase for s in run.snapshots] == ["batch1-join", "batch1-talk", "batch1-leave", None]
     assert run.snapshots[1].requests["connect"] == NameStats(5, 1, {12.0: 4, 300.0: 1})
     assert run.server_name == "Prosody (pid 42)" and run.server_note == ""
+    assert run.server[0].cpu_seconds == pytest.approx(0.12) and run.server[-1].cpu_seconds == pytest.approx(3.22)
+    assert [(p.waited, p.settled) for p in run.phases] == [(0.0, "quiet"), (1.0, "quiet"),
+                                                           (2.0, "2 replies outstanding")]  # fmt: skip
 
 
 def test_the_report_of_a_one_batch_run(tmp_path: Path) -> None:
@@ -92,14 +102,32 @@ def test_the_report_of_a_one_batch_run(tmp_path: Path) -> None:
             assert image.format == "PNG" and image.size == (1100, 600 if "server" in chart.name else 550)
     page = report.html.read_text()
     assert page.count('<tr class="phase"') == 3
-    assert '<tr class="phase" data-phase="batch1-talk"><td>batch1-talk</td><td>4.0</td><td>5.0</td><td>5</td>' in page
+    # phase, start, seconds, waited (why in its title), users, sessions, CPU, RSS, messages/s, failures, lost, in flight
+    assert ('<tr class="phase" data-phase="batch1-talk"><td>batch1-talk</td><td>4.0</td><td>5.0</td>'
+            '<td title="settled: quiet">1.0</td><td>5</td><td>0–5</td>') in page  # fmt: skip
+    assert page.count("<th>") + page.count("<th title=") == 15 + 4  # the phase table's 15 columns, the latency's 4
+    assert "<td>5.0</td><td>0</td><td>0</td><td>25</td></tr>" in page  # talk: messages/s, failures, lost, in flight
+    assert "<td>0.0</td><td>0</td><td>2</td><td>0</td></tr>" in page  # leave: the 2 judged lost, none in flight
+    assert '<td class="gave-up" title="gave up: 2 replies outstanding">2.0*</td>' in page
+    assert ('<p class="footnote">* batch1-leave stopped waiting for the server after 2.0 s, before it went quiet: '
+            "2 replies outstanding.</p>") in page  # fmt: skip
     data = json.loads(report.json.read_text())
-    talk = data["phases"][1]
+    talk, leave = data["phases"][1:]
     assert (talk["messages"], talk["message_rate"], talk["failures"]) == (25, 5.0, 0)
+    assert (talk["deliveries"], talk["delivery_rate"], talk["lost"], talk["in_flight"]) == (100, 20.0, 0, 25)
+    assert (leave["deliveries"], leave["lost"], leave["in_flight"]) == (23, 2, 0)
+    assert (talk["waited"], talk["settled"], leave["waited"], leave["settled"]) == (
+        1.0, "quiet", 2.0, "2 replies outstanding",
+    )  # fmt: skip
     assert talk["latency"]["message"] == {"requests": 25, "failures": 0, "p50": 4.0, "p95": 9.0}
     assert data["phases"][0]["cpu_mean"] == pytest.approx(60.0) and data["phases"][0]["failures"] == 1
     texts = {c["key"]: c["text"] for c in data["conclusions"]}
+    assert list(texts) == ["vcards", "mam", "flooding", "memory", "failures"]
     assert "the run had 1 batch only" in texts["vcards"]
+    assert texts["flooding"].startswith(
+        "While the viewers talked, Prosody (pid 42) spent 5,000 µs of CPU per delivered message in batch1-talk (5.0 "
+        "messages/s sent, 20 deliveries/s over 5.0 s; CPU mean 10 %, peak 10 %, 0.50 CPU-seconds). "
+    )
     assert texts["failures"].startswith("Requests began to fail 2 s into the run in phase batch1-join, with 3 users")
     assert texts["memory"] == (
         "The memory of Prosody (pid 42) grows by 256.0 KiB per connected session: RSS = 20.0 MiB + 256.0 KiB × "
@@ -120,7 +148,7 @@ def test_the_report_of_a_run_without_phases(tmp_path: Path) -> None:
     write_run(tmp_path / "run", phases=False)
     report = report_files(tmp_path / "run")
     assert report.rows == [] and len(report.charts) == 2
-    assert "the run has no phase batch1-join" in report.conclusions[0].text
+    assert [c.key for c in report.conclusions] == ["memory", "failures"]  # no phases: no scenario's conclusions
 
 
 def test_a_run_without_files_is_one_line(tmp_path: Path) -> None:

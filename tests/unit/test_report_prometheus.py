@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from xmpp_user.observe import names
-from xmpp_user.observe.analysis import phase_rows
+from xmpp_user.observe.analysis import conclusions, phase_rows
 from xmpp_user.observe.model import MissingData, PhaseSpan
 from xmpp_user.observe.prometheus import (
     MAX_POINTS,
@@ -61,7 +61,8 @@ class Recorded:
 TRUTH = (
     'sum by (__name__) ({__name__=~"locust_xmpp_messages_sent_total|locust_xmpp_messages_confirmed_total|'
     "locust_xmpp_messages_unconfirmed_total|locust_xmpp_messages_skipped_total|"
-    "locust_xmpp_deliveries_expected_total|locust_xmpp_deliveries_total|locust_xmpp_deliveries_lost|"
+    "locust_xmpp_deliveries_expected_total|locust_xmpp_deliveries_total|locust_xmpp_deliveries_in_flight|"
+    "locust_xmpp_deliveries_lost|"
     'locust_xmpp_deliveries_unexpected|locust_xmpp_deliveries_unverified"})'
 )
 REQUESTS = f"sum by (name) ({names.REQUESTS})"
@@ -69,6 +70,7 @@ FAILURES = f"sum by (name) ({names.REQUEST_FAILURES})"
 BUCKETS = f"sum by (name, le) ({names.REQUEST_DURATION}_bucket)"
 CPU = f"sum by (instance) (irate({names.SERVER_CPU}[60s])) * 100"
 RSS = f"sum by (instance) ({names.SERVER_RSS})"
+CPU_USED = f"sum by (instance) ({names.SERVER_CPU})"
 
 
 def recorded(server: bool = True) -> Recorded:
@@ -80,12 +82,15 @@ def recorded(server: bool = True) -> Recorded:
         FAILURES: matrix(({"name": "connect"}, [1, 1, 1, 2, 2, 2])),
         TRUTH: matrix(
             ({"__name__": names.MESSAGES_SENT}, [50, 50, 50, 50, 55, 60]),
+            ({"__name__": names.DELIVERIES_IN_FLIGHT}, [0, 0, 0, 0, 9, 2]),
             ({"__name__": names.DELIVERIES_LOST}, [3, 3, 3, 3, 3, 3]),
         ),
     }
     if server:
         ranges[CPU] = matrix(({"instance": "prosody-0:9100"}, [5, 40, 60, 20, 20, 20]))
         ranges[RSS] = matrix(({"instance": "prosody-0:9100"}, [10e6, 11e6, 12e6, 12e6, 12e6, 12e6]))
+        # The process counter itself: 300 CPU-seconds used before the run (not a fresh server).
+        ranges[CPU_USED] = matrix(({"instance": "prosody-0:9100"}, [300.0, 300.4, 301.0, 301.2, 301.4, 301.6]))
     instants: dict[tuple[str, float], Any] = {}
     for t, messages, fast in ((T0, 50, 40), (T0 + 3, 50, 40), (T0 + 5, 60, 48)):
         instants[(REQUESTS, t)] = vector(({"name": "message"}, messages), t=t)
@@ -94,7 +99,9 @@ def recorded(server: bool = True) -> Recorded:
             ({"name": "message", "le": "0.005"}, fast), ({"name": "message", "le": "0.1"}, messages - 1),
             ({"name": "message", "le": "+Inf"}, messages), t=t,
         )  # fmt: skip
-        instants[(TRUTH, t)] = vector(({"__name__": names.DELIVERIES_LOST}, 3 if t < T0 + 5 else 4), t=t)
+        lost, in_flight = 3 if t < T0 + 5 else 4, 9 if t == T0 + 3 else 2
+        instants[(TRUTH, t)] = vector(({"__name__": names.DELIVERIES_LOST}, lost),
+                                      ({"__name__": names.DELIVERIES_IN_FLIGHT}, in_flight), t=t)  # fmt: skip
     return Recorded(ranges, instants)
 
 
@@ -134,15 +141,19 @@ def test_build_run_fills_the_model() -> None:
     # Counters count from the span's start; gauges stay as they are.
     assert [s.requests["message"] for s in run.timeline] == [0, 0, 0, 0, 5, 10]
     assert [s.failures["connect"] for s in run.timeline] == [0, 0, 0, 1, 1, 1]
-    assert run.timeline[-1].truth == {"sent": 10, "lost": 3}
-    assert [(s.cpu_percent, s.rss_bytes) for s in run.server][:2] == [(5.0, 10e6), (40.0, 11e6)]
+    # The in-flight gauge as it is (not counted from the start, like the other gauges), apart from lost.
+    assert run.timeline[-1].truth == {"sent": 10, "in_flight": 2, "lost": 3}
+    assert [(s.cpu_percent, s.rss_bytes, s.cpu_seconds) for s in run.server][:2] == [(5.0, 10e6, 300.0),
+                                                                                    (40.0, 11e6, 300.4)]  # fmt: skip
     assert run.server_name == "the server (prosody-0:9100)" and run.latency_buckets
     assert [(s.t - T0, s.phase) for s in run.snapshots] == [(0, "join"), (3, "talk"), (5, None)]
     join, talk = phase_rows(run)
-    assert (join.messages, join.failures, join.lost) == (0, 1, 0)
-    assert (talk.messages, talk.failures, talk.lost, talk.message_rate) == (10, 0, 1, 5.0)
+    assert (join.messages, join.failures, join.lost, join.in_flight) == (0, 1, 0, 9)
+    assert (talk.messages, talk.failures, talk.lost, talk.in_flight, talk.message_rate) == (10, 0, 1, 2, 5.0)
     assert (talk.latency["message"].p50, talk.latency["message"].p95) == (5.0, 100.0)
     assert talk.cpu_mean == pytest.approx(20.0) and join.cpu_max == 60.0
+    memory = next(c for c in conclusions(run) if c.key == "memory")
+    assert " The server (prosody-0:9100) was not fresh: it had used 300.0 CPU-seconds before the run" in memory.text
     ranges = [p for path, p in fetch.asked if path == "/api/v1/query_range"]
     assert {(p["start"], p["end"], p["step"]) for p in ranges} == {(f"{T0:.3f}", f"{T0 + 5:.3f}", "1")}
 

@@ -15,7 +15,10 @@ import pytest
 from locust import User, task
 from locust.env import Environment
 
-from xmpp_user.observe import webui
+from xmpp_user import observe, outcome
+from xmpp_user.deviations import Deviations
+from xmpp_user.observe import timeline, webui
+from xmpp_user.truth import Tally
 
 
 class IdleUser(User):
@@ -24,16 +27,23 @@ class IdleUser(User):
         pass
 
 
-@pytest.fixture
-def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Environment, Any]]:
+def _environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Environment:
     monkeypatch.setattr("sys.argv", ["locust"])  # Locust's page parses the command line for its form
+    monkeypatch.setattr(webui, "last_server_sample", None)  # whatever an earlier test installed
     options = argparse.Namespace(csv_prefix=str(tmp_path / "run"), num_users=None, spawn_rate=None,
-                                 stats_history_enabled=False, run_time=None)  # fmt: skip
+                                 stats_history_enabled=False, run_time=None, xmpp_metrics_port=0)  # fmt: skip
     environment = Environment(user_classes=[IdleUser], parsed_options=options)
     environment.create_local_runner()
-    web_ui = environment.create_web_ui("127.0.0.1", 0, delayed_start=True)
+    environment.create_web_ui("127.0.0.1", 0, delayed_start=True)
+    return environment
+
+
+@pytest.fixture
+def web(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Environment, Any]]:
+    environment = _environment(tmp_path, monkeypatch)
     webui.install(environment)
-    yield environment, web_ui.app.test_client()
+    assert environment.web_ui is not None
+    yield environment, environment.web_ui.app.test_client()
     environment.runner.quit()
 
 
@@ -86,6 +96,50 @@ def test_the_server_sampler_hook_shows_cpu_and_memory(web: tuple[Environment, An
     assert rows["server/CPU"].startswith("42.3 %") and rows["server/memory (RSS)"] == "50.0 MiB"
     monkeypatch.setattr(webui, "last_server_sample", lambda: None)  # the sampler has no sample yet
     assert json.loads(client.get(webui.ROUTE).data)["server"] is None
+
+
+def test_the_timeline_recorder_is_the_tabs_server_sampler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = _environment(tmp_path, monkeypatch)
+    try:
+        observe.install(environment)  # what every XmppUser locustfile does at init
+        recorder = timeline.recorder(environment)
+        assert recorder is not None and webui.last_server_sample == recorder.last_server_sample
+        assert environment.web_ui is not None
+        client = environment.web_ui.app.test_client()
+        assert _xmpp_rows(client)["server/server"] == webui.NOT_OBSERVED  # no run yet
+        # A run observing the lab's server: the recorder's first sample has no CPU % yet, the second has.
+        now = time.time()
+        recorder.server = {"pid": 4242, "name": "Prosody (pid 4242)", "note": "", "found": "the lab's Prosody"}
+        recorder.server_rows = [(now - 0.2, 1.5, None, 20 * 2**20)]
+        assert recorder.last_server_sample() is None
+        assert _xmpp_rows(client)["server/server"] == webui.NOT_OBSERVED
+        recorder.server_rows.append((now, 1.6, 50.0, 21 * 2**20))
+        rows = _xmpp_rows(client)
+        assert rows["server/process"] == "Prosody (pid 4242)"
+        assert rows["server/CPU"].startswith("50.0 %") and rows["server/memory (RSS)"] == "21.0 MiB"
+        server = json.loads(client.get(webui.ROUTE).data)["server"]
+        assert (server["cpu_percent"], server["rss_bytes"], server["name"]) == (50.0, 21 * 2**20, "Prosody (pid 4242)")
+        recorder.server = {"pid": None, "name": "the server", "note": "not observed", "found": ""}
+        assert _xmpp_rows(client)["server/server"] == webui.NOT_OBSERVED  # a run that does not observe it
+    finally:
+        environment.runner.quit()
+
+
+def test_the_tab_reads_the_final_truth_again_and_again(web: tuple[Environment, Any]) -> None:
+    # Once a run is reported, outcome.summary hands out its record: the tab took the deviations out of the record
+    # itself, and every later poll failed (HTTP 500) until the page was reloaded with a new run.
+    environment, client = web
+    tally, deviations = Tally(), Deviations()
+    outcome.install(environment, tally, deviations)
+    environment.events.test_start.fire(environment=environment)
+    tally.sent, tally.confirmed, tally.expected["l.1.1|l"], tally.delivered["l.1.1|l"] = 1, 1, 2, 2
+    deviations.note("no_room_vcard", "no vCard")
+    environment.events.test_stop.fire(environment=environment)
+    for _ in range(3):
+        assert client.get(webui.ROUTE).status_code == 200
+        rows = _xmpp_rows(client)
+        assert (rows["truth/delivered"], rows["truth/in_flight"]) == (2, 0)
+        assert rows["deviations/no_room_vcard"] == "1 × no vCard"
 
 
 def test_the_report_is_served_and_linked_once_written(web: tuple[Environment, Any], tmp_path: Path) -> None:

@@ -7,7 +7,7 @@
 - ``server``: ``locust-xmpp exporter``, the server process's CPU, memory and open files, and the
   server's own metrics passed on.
 - ``webui``: the XMPP tab of Locust's web UI (phase, users and sessions, message truth, deviations, the
-  server's CPU and memory, the report), and its JSON at ``/xmpp/status``.
+  server's CPU and memory as ``timeline`` last sampled them, the report), and its JSON at ``/xmpp/status``.
 - ``timeline``: samples of the run and of the server process while it goes on; ``model``: those samples
   as plain data, and their files; ``analysis``: per-phase figures and conclusions; ``report``: the HTML
   report and its charts (``locust-xmpp report PREFIX``, and at the end of a headless run with ``--csv``).
@@ -43,6 +43,10 @@ def install(environment: Any) -> None:
 
     timeline.install(environment)
     webui.install(environment)
+    recorder = timeline.recorder(environment)
+    if recorder is not None:
+        # The recorder samples the server five times a second for the report: the tab shows its latest sample.
+        webui.last_server_sample = recorder.last_server_sample
     try:
         _serve_metrics(environment)
     except (OSError, ImportError) as exc:

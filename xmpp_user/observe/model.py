@@ -44,6 +44,12 @@ class PhaseSpan:
     connected_max: int | None = None
     params: dict[str, Any] = field(default_factory=dict)
     skipped: bool = False
+    settle: float = 0.0
+    """Seconds the phase could go on after its planned duration, waiting for the server to go quiet."""
+    waited: float | None = None
+    """Seconds it did go on so (None: the log does not say, e.g. a phase without ``settle``)."""
+    settled: str | None = None
+    """'quiet', or what was still going on when it gave up waiting."""
 
 
 @dataclass
@@ -67,6 +73,8 @@ class ServerSample:
     t: float
     cpu_percent: float | None
     rss_bytes: float | None
+    cpu_seconds: float | None = None
+    """CPU time the process had used since it started: what it did before the run shows in the first sample."""
 
 
 @dataclass
@@ -138,6 +146,9 @@ def phases_from_log(entries: list[Mapping[str, Any]]) -> list[PhaseSpan]:
             connected_max=_int_or_none(e.get("connected_max")),
             params=dict(e.get("params") or {}),
             skipped=bool(e.get("skipped")),
+            settle=float(e.get("settle") or 0.0),
+            waited=_float_or_none(e.get("waited")),
+            settled=e.get("settled") or None,
         )
         for e in entries
     ]
@@ -199,10 +210,9 @@ def _read_timeline(path: Path) -> list[Sample]:
 
 def _read_server(path: Path) -> list[ServerSample]:
     with open(path, newline="", encoding="utf-8") as f:
-        return [
-            ServerSample(float(r["t_unix"]), _float_or_none(r["cpu_percent"]), _float_or_none(r["rss_bytes"]))
-            for r in csv.DictReader(f)
-        ]
+        rows = list(csv.DictReader(f))
+    figures = ("cpu_percent", "rss_bytes", "cpu_seconds")
+    return [ServerSample(float(r["t_unix"]), *(_float_or_none(r.get(k)) for k in figures)) for r in rows]
 
 
 def _prefixed(row: Mapping[str, str], prefix: str) -> dict[str, int]:

@@ -8,7 +8,8 @@ drawn the same way:
 
 - the timeline: ``query_range`` of the users, sessions, requests and failures by name, and the message
   truth counters, at ``step`` seconds;
-- the server: ``irate`` of its CPU seconds (so the CPU % between its last two scrapes) and its RSS;
+- the server: ``irate`` of its CPU seconds (so the CPU % between its last two scrapes), its RSS, and the
+  CPU seconds themselves (what the process had used before the run shows in the first point);
 - the per-phase snapshots: instant queries at each phase's start and at the run's end of the counts
   by name and of the latency histogram's buckets, whose upper bounds stand in for the latencies.
 
@@ -50,11 +51,12 @@ TRUTH_FAMILIES = {
     "skipped": names.MESSAGES_SKIPPED,
     "expected": names.DELIVERIES_EXPECTED,
     "delivered": names.DELIVERIES,
+    "in_flight": names.DELIVERIES_IN_FLIGHT,
     "lost": names.DELIVERIES_LOST,
     "unexpected": names.DELIVERIES_UNEXPECTED,
     "unverified": names.DELIVERIES_UNVERIFIED,
 }
-"""Truth counters of the model and the families that carry them (the last three are gauges)."""
+"""Truth counters of the model and the families that carry them (the last four are gauges)."""
 MAX_POINTS = 10_000
 """Points per series at most (Prometheus refuses more than 11,000): a long run gets a coarser step."""
 IRATE_WINDOW = 60
@@ -250,9 +252,10 @@ def _server(q: Queries) -> tuple[list[ServerSample], set[str]]:
     window = f"{max(IRATE_WINDOW, math.ceil(4 * q.step))}s"
     cpu_series = q.range(f"sum by (instance) (irate({names.SERVER_CPU}[{window}])) * 100")
     rss_series = q.range(f"sum by (instance) ({names.SERVER_RSS})")
+    used_series = q.range(f"sum by (instance) ({names.SERVER_CPU})")
     instances = {labels["instance"] for labels, _ in cpu_series + rss_series if labels.get("instance")}
-    cpu, rss = _by_time(cpu_series), _by_time(rss_series)
-    return [ServerSample(t, cpu.get(t), rss.get(t)) for t in sorted(cpu.keys() | rss.keys())], instances
+    cpu, rss, used = _by_time(cpu_series), _by_time(rss_series), _by_time(used_series)
+    return [ServerSample(t, cpu.get(t), rss.get(t), used.get(t)) for t in sorted(cpu.keys() | rss.keys())], instances
 
 
 def _snapshot(q: Queries, t: float, phase: str | None) -> Snapshot:

@@ -7,8 +7,9 @@ prometheus=URL)`` reads the same series from Prometheus instead, the phases stil
 - ``PREFIX_report_server.png``: the server's CPU % and RSS over time, the phases as labelled bands;
 - ``PREFIX_report_load.png``: users, sessions open and messages per second on the same time axis,
   with requests and failures per second below;
-- ``PREFIX_report.html``: both charts inlined (the file stands alone), the per-phase table, latency by
-  phase and request name, and the conclusions in sentences;
+- ``PREFIX_report.html``: both charts inlined (the file stands alone), the per-phase table (with the
+  seconds each phase waited for the server, and the deliveries lost apart from those still in flight),
+  latency by phase and request name, and the conclusions in sentences;
 - ``PREFIX_report.json``: the table and the conclusions, for scripts.
 
 The arithmetic lives in ``xmpp_user.observe.analysis``; this module only draws and writes.
@@ -214,6 +215,17 @@ def _ms(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def _waited(row: PhaseRow, gave_up: list[PhaseRow]) -> str:
+    """The cell of the seconds a phase waited for the server: why it waited in its title, and a footnote mark
+    (the row added to ``gave_up``) when it stopped waiting before the server went quiet."""
+    if row.waited is None:
+        return "–"
+    if not row.gave_up:
+        return f'<td title="settled: {html.escape(row.settled or "")}">{row.waited:,.1f}</td>'
+    gave_up.append(row)
+    return f'<td class="gave-up" title="gave up: {html.escape(row.settled or "")}">{row.waited:,.1f}*</td>'
+
+
 def _sessions(row: PhaseRow) -> str:
     if row.connected_max is None:
         return "–"
@@ -235,7 +247,8 @@ def render_html(
         "table{border-collapse:collapse;font-size:13px;margin:0.5em 0 1.5em}"
         "th,td{border:1px solid #ced4da;padding:3px 7px;text-align:right}"
         "th:first-child,td:first-child{text-align:left}th{background:#f1f3f5}"
-        "li{margin:0.4em 0}.not-drawn{color:#868e96}img{max-width:100%}</style>",
+        "li{margin:0.4em 0}.not-drawn{color:#868e96}img{max-width:100%}.gave-up{color:#c92a2a}"
+        ".footnote{font-size:13px;margin:-1em 0 1.5em}</style>",
         "</head><body>",
         f"<h1>{e(title)}</h1>",
         f"<p>From {e(run.source)}. Run start {datetime.fromtimestamp(origin, tz=UTC).isoformat(timespec='seconds')}; "
@@ -255,20 +268,27 @@ def render_html(
         parts.append(f'<p><img alt="{e(chart.name)}" src="data:image/png;base64,{data}"></p>')
     parts.append("<h2>Phases</h2>")
     parts.append(
-        '<table class="phases"><tr><th>phase</th><th>start s</th><th>seconds</th><th>users</th><th>sessions</th>'
-        "<th>CPU % mean</th><th>CPU % max</th><th>CPU s</th><th>RSS MiB mean</th><th>RSS MiB max</th>"
-        "<th>messages/s</th><th>failures</th><th>lost</th></tr>"
+        '<table class="phases"><tr><th>phase</th><th>start s</th><th>seconds</th>'
+        '<th title="seconds the phase went on after its planned end, waiting for the server to go quiet">waited s</th>'
+        "<th>users</th><th>sessions</th><th>CPU % mean</th><th>CPU % max</th><th>CPU s</th><th>RSS MiB mean</th>"
+        "<th>RSS MiB max</th><th>messages/s</th><th>failures</th>"
+        '<th title="deliveries judged lost during the phase">lost</th>'
+        '<th title="deliveries due and not delivered yet at the phase\'s end, not judged yet">in flight</th></tr>'
     )
+    gave_up = []
     for r in rows:
         cells = [
-            _num(r.start - origin, 1), _num(r.seconds, 1), str(r.users), _sessions(r), _num(r.cpu_mean),
-            _num(r.cpu_max), _num(r.cpu_seconds, 2), _num(r.rss_mean, 1, MIB), _num(r.rss_max, 1, MIB),
-            _num(r.message_rate, 1), _num(r.failures), _num(r.lost),
+            _num(r.start - origin, 1), _num(r.seconds, 1), _waited(r, gave_up), str(r.users), _sessions(r),
+            _num(r.cpu_mean), _num(r.cpu_max), _num(r.cpu_seconds, 2), _num(r.rss_mean, 1, MIB),
+            _num(r.rss_max, 1, MIB), _num(r.message_rate, 1), _num(r.failures), _num(r.lost), _num(r.in_flight),
         ]  # fmt: skip
         name = e(r.name) + (" (skipped)" if r.skipped else "")
-        parts.append(f'<tr class="phase" data-phase="{e(r.name)}"><td>{name}</td>'
-                     + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
+        row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)
+        parts.append(f'<tr class="phase" data-phase="{e(r.name)}"><td>{name}</td>{row}</tr>')
     parts.append("</table>")
+    for r in gave_up:
+        parts.append(f'<p class="footnote">* {e(r.name)} stopped waiting for the server after {r.waited:.1f} s, '
+                     f"before it went quiet: {e(r.settled or '')}.</p>")  # fmt: skip
     names = sorted({n for r in rows for n in r.latency})
     if names:
         unit = "ms, histogram bucket bounds" if run.latency_buckets else "ms"
@@ -301,12 +321,16 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def _rates(row: PhaseRow) -> dict[str, float | None]:
+    return {"seconds": row.seconds, "message_rate": row.message_rate, "delivery_rate": row.delivery_rate}
+
+
 def report_data(run: Run, rows: list[PhaseRow], found: list[Conclusion], origin: float) -> dict[str, Any]:
     return {
         "source": run.source,
         "server": run.server_name if run.server else None,
         "server_note": run.server_note,
         "start_unix": origin,
-        "phases": [{**asdict(r), "seconds": r.seconds, "message_rate": r.message_rate} for r in rows],
+        "phases": [{**asdict(r), **_rates(r)} for r in rows],
         "conclusions": [asdict(c) for c in found],
     }

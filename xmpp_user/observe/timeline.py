@@ -236,6 +236,16 @@ class Recorder:
         totals = outcome.summary(self.environment)
         return {k: int(totals[k]) for k in TRUTH_KEYS if k in totals}
 
+    def last_server_sample(self) -> dict[str, Any] | None:
+        """The server's latest sample for the web UI's XMPP tab (``webui.last_server_sample``): its CPU %, RSS,
+        time and name; None when the server is not observed or before its second sample (the first has no CPU %)."""
+        if not self.server.get("pid") or not self.server_rows:
+            return None
+        t, _cpu, percent, rss = self.server_rows[-1]
+        if percent is None:
+            return None
+        return {"cpu_percent": percent, "rss_bytes": rss, "unix_time": t, "name": self.server.get("name", "")}
+
     def server_quiet(self, since: float) -> str | None:
         """None if the server's CPU over the last ``QUIET_WINDOW`` seconds is back near its idle level (or the
         server is not observed), else what it is."""

@@ -11,8 +11,10 @@ declare the tab (``extended_tabs``) and its table (``extended_tables``); the row
 of ``--csv PREFIX``, is served at ``REPORT_ROUTE`` and, once it exists when the page loads, linked from
 Locust's "Download Data" tab.
 
-The server sampler, where a run has one, makes its samples visible by setting ``last_server_sample``;
-until then the tab says the server is not observed.
+The server's figures are the timeline recorder's (``xmpp_user.observe.timeline``), which samples the
+observed server five times a second while a run goes on: ``xmpp_user.observe.install`` points
+``last_server_sample`` at it. Until it has a sample (no run yet, or a server it does not observe) the tab
+says the server is not observed; after the run the tab keeps the last sample, with its age.
 """
 
 from __future__ import annotations
@@ -39,10 +41,10 @@ REPORT_SUFFIX = "_report.html"
 """The report of ``--csv PREFIX`` is ``PREFIX_report.html``."""
 NOT_OBSERVED = "not observed"
 
-last_server_sample: Callable[[], Mapping[str, float] | None] | None = None
-"""Set by the server sampler: returns its latest sample, or None before the first. A sample maps
-``cpu_percent`` (CPU time over the last interval, 100 is one core) and ``rss_bytes`` (resident memory), and
-may give ``unix_time`` (when it was taken)."""
+last_server_sample: Callable[[], Mapping[str, Any] | None] | None = None
+"""Set to the server sampler's (``timeline.Recorder.last_server_sample``): returns its latest sample, or None
+before the first. A sample maps ``cpu_percent`` (CPU time over the last interval, 100 is one core) and
+``rss_bytes`` (resident memory), and may give ``unix_time`` (when it was taken) and ``name`` (the process)."""
 
 _STRUCTURE = [
     {"key": "section", "title": "Section"},
@@ -76,7 +78,9 @@ def _server() -> dict[str, Any] | None:
     sample = last_server_sample() if last_server_sample is not None else None
     if not sample:
         return None
-    server = {"cpu_percent": float(sample["cpu_percent"]), "rss_bytes": int(sample["rss_bytes"])}
+    server: dict[str, Any] = {"cpu_percent": float(sample["cpu_percent"]), "rss_bytes": int(sample["rss_bytes"])}
+    if sample.get("name"):
+        server["name"] = str(sample["name"])
     if "unix_time" in sample:
         server["age_seconds"] = round(max(0.0, time.time() - float(sample["unix_time"])), 1)
     return server
@@ -122,6 +126,8 @@ def rows(state: dict[str, Any]) -> list[dict[str, Any]]:
         table.append(("server", "server", NOT_OBSERVED))
     else:
         age = f" ({server['age_seconds']:g} s ago)" if "age_seconds" in server else ""
+        if "name" in server:
+            table.append(("server", "process", server["name"]))
         table.append(("server", "CPU", f"{server['cpu_percent']:.1f} %{age}"))
         table.append(("server", "memory (RSS)", f"{server['rss_bytes'] / 2**20:.1f} MiB"))
     table += [("truth", name, value) for name, value in state["truth"].items()]
