@@ -60,6 +60,10 @@ ROUTE = "/xmpp/truth"
 MEMBER_COLUMNS = ("member", "group", "expected", "delivered", "state")
 """Columns of ``PREFIX_truth_members.csv``: each receiving member's deliveries from each sending worker, and
 how the member's time in the room ended (left, broken, missing: see ``xmpp_user.truth``)."""
+FLUSH_INTERVAL = 5.0
+"""Seconds between two writes of the truth so far while a run goes on."""
+PARTIAL = "the run had not ended when this was written: deliveries still in flight were not judged"
+"""The ``partial`` key of a truth file written while the run went on (the final one has none)."""
 EXIT_PROBLEM = 1
 """Locust's exit code for a run in which something went wrong."""
 
@@ -156,6 +160,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
         run.missing.clear()
         run.reported = None
         run.stopping = False
+        gevent.spawn(_flush_truth, environment, run)
 
     def on_test_stop(**_kw: Any) -> None:
         run.stopping = True
@@ -268,6 +273,32 @@ def _stop_on_sigterm(environment: Environment) -> None:
     gevent.signal_handler(signal.SIGTERM, on_sigterm)
 
 
+def _flush_truth(environment: Environment, run: _Run) -> None:
+    """While the run goes on, ``PREFIX_truth.json`` holds the counts so far every ``FLUSH_INTERVAL`` seconds,
+    marked ``partial`` (what is in flight is not judged yet): what a generator killed mid-run leaves."""
+    prefix = environment.parsed_options.csv_prefix if environment.parsed_options else None
+    if not prefix:
+        return
+    while True:
+        gevent.sleep(FLUSH_INTERVAL)
+        if run.reported is not None or environment.runner is None or environment.runner.state == "stopped":
+            return
+        totals = {**run.summary(), "partial": PARTIAL}
+        try:
+            _write_json(f"{prefix}_truth.json", totals)
+        except OSError as exc:
+            log.warning("The truth so far could not be written: %s", exc)
+
+
+def _write_json(path: str, data: Any) -> None:
+    if directory := os.path.dirname(path):
+        os.makedirs(directory, exist_ok=True)
+    with open(f"{path}.part", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(f"{path}.part", path)
+
+
 def _report(environment: Environment, run: _Run) -> None:
     totals = run.summary(final=True)
     if totals == run.reported:
@@ -281,11 +312,7 @@ def _report(environment: Environment, run: _Run) -> None:
         environment.process_exit_code = max(environment.process_exit_code or 0, EXIT_PROBLEM)
     prefix = environment.parsed_options.csv_prefix if environment.parsed_options else None
     if prefix:
-        if directory := os.path.dirname(prefix):
-            os.makedirs(directory, exist_ok=True)
-        with open(f"{prefix}_truth.json", "w", encoding="utf-8") as f:
-            json.dump(totals, f, indent=2)
-            f.write("\n")
+        _write_json(f"{prefix}_truth.json", totals)
         with open(f"{prefix}_truth_members.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, MEMBER_COLUMNS)
             writer.writeheader()

@@ -4,7 +4,8 @@ A ``PhasedShape`` walks a list of ``Phase`` by run time and returns each phase's
 and spawn rate to Locust; after the last phase it returns None, which ends the run. It
 records when each phase actually started and ended (the shape ticks once a second, and a
 slow ramp-up can delay a tick, so planned and actual times differ) and, with
-``--csv PREFIX``, writes them to ``PREFIX_phases.csv`` and ``PREFIX_phases.json``.
+``--csv PREFIX``, writes them to ``PREFIX_phases.csv`` and ``PREFIX_phases.json`` at every phase change
+(the phase in force without an end) and at the end.
 
 A phase with ``settle`` does not end with its planned duration: it goes on until the run has gone
 quiet, for at most ``settle`` more seconds, and the later phases move by as much. Quiet means every
@@ -330,6 +331,7 @@ class PhasedShape(LoadTestShape):
             "params": phase.params,
         }
         _adopt(self._state, phase)
+        self._write_files()  # the phases so far, the one in force open: what a run killed now leaves
 
     def _sample_connected(self) -> None:
         count = connected_sessions() if connected_sessions is not None else None

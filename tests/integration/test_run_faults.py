@@ -4,13 +4,16 @@ workers) against the lab, injects one fault at a known moment, and reads what th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from faults import TcpProxy
-from runs import Run, Started, locust_command, room_name
+from runs import REPO, Run, Started, locust_command, room_name
 
 from xmpp_user.lab.lab import free_port
 
@@ -91,6 +94,31 @@ def test_requests_in_flight_when_users_stop_are_not_failures(lab, tmp_path: Path
     assert result.count("message") > 0
     assert result.failures == 0, result.errors
     assert code == 0, result.tail()
+
+
+def test_a_run_killed_midway_leaves_its_files_and_a_report(lab, tmp_path: Path, monkeypatch) -> None:
+    """SIGKILL, as an OOM kill or an evicted pod: no handler runs, yet the run's own files up to a few seconds
+    before are on disk (they used to be Locust's stats files only), and the report drawn from them says that
+    the run did not end."""
+    monkeypatch.setenv("LOCUST_XMPP_LAB_DIR", str(lab.run_dir))  # observe the lab's server
+    run, prefix = livechat(tmp_path, lab.websocket_url, "--talk-interval", "1", "--talk-duration", "30")
+    run.wait_for("Phase 'batch1-talk' starts")
+    time.sleep(7)  # longer than the 5 s between two writes
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.finish(timeout=10)
+    for suffix in ("timeline.csv", "server.csv", "phase_stats.json", "phases.json", "phases.csv", "truth.json"):
+        assert Path(f"{prefix}_{suffix}").stat().st_size > 0, suffix
+    truth = json.loads(Path(f"{prefix}_truth.json").read_text())
+    assert truth["partial"].startswith("the run had not ended") and truth["sent"] > 10, truth
+    phases = json.loads(Path(f"{prefix}_phases.json").read_text())
+    assert [(p["phase"], p["end_unix"]) for p in phases][-1] == ("batch1-talk", None)
+    report = subprocess.run([sys.executable, "-m", "xmpp_user.cli", "report", str(prefix)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert report.returncode == 0, report.stdout + report.stderr
+    data = json.loads(Path(f"{prefix}_report.json").read_text())
+    assert data["unfinished"].startswith("This run did not end: its files stop at "), data["unfinished"]
+    assert "into phase batch1-talk" in data["unfinished"]
+    assert [p["name"] for p in data["phases"]][-1] == "batch1-talk" and data["server"], data
 
 
 def test_sigterm_stops_the_run_like_ctrl_c(lab, tmp_path: Path) -> None:

@@ -177,9 +177,13 @@ def test_a_failing_callback_does_not_stop_the_others(local: PhasedShape, clock: 
     assert calls == ["join"]
 
 
-def test_files_are_written_at_the_end(local: PhasedShape, clock: _Clock, tmp_path: Path) -> None:
+def test_files_are_written_at_each_phase_change_and_at_the_end(
+    local: PhasedShape, clock: _Clock, tmp_path: Path
+) -> None:
     _run(local, clock, [0, 10, 30])
-    assert not (tmp_path / "out" / "run_phases.csv").exists()
+    # A run killed now leaves the phases so far, the one in force without an end.
+    so_far = json.loads((tmp_path / "out" / "run_phases.json").read_text())
+    assert [(e["phase"], e["end_unix"] is None) for e in so_far] == [("join", False), ("talk", False), ("leave", True)]
     _run(local, clock, [35])
     with open(tmp_path / "out" / "run_phases.csv", newline="") as f:
         rows = list(csv.DictReader(f))

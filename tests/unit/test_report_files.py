@@ -135,6 +135,23 @@ def test_the_report_of_a_one_batch_run(tmp_path: Path) -> None:
     )
 
 
+def test_the_report_of_a_run_that_did_not_end_says_so(tmp_path: Path) -> None:
+    # What a generator killed during its leave phase leaves: the phase in force has no end, no final snapshot.
+    write_run(tmp_path / "run")
+    log = json.loads(Path(f"{tmp_path / 'run'}_phases.json").read_text())
+    log[-1]["end_unix"] = None
+    Path(f"{tmp_path / 'run'}_phases.json").write_text(json.dumps(log))
+    report = report_files(tmp_path / "run")
+    data = json.loads(report.json.read_text())
+    said = ("This run did not end: its files stop at 2027-01-15T08:00:12+00:00, 3 s into phase batch1-leave (the "
+            "generator stopped or was killed).")  # fmt: skip
+    assert data["unfinished"].startswith(said)
+    assert said in report.html.read_text()
+    assert [p["name"] for p in data["phases"]] == ["batch1-join", "batch1-talk", "batch1-leave"]
+    write_run(tmp_path / "whole")
+    assert json.loads(report_files(tmp_path / "whole").json.read_text())["unfinished"] is None
+
+
 def test_the_report_without_server_samples_says_why(tmp_path: Path) -> None:
     write_run(tmp_path / "run", server=False)
     report = report_files(tmp_path / "run")

@@ -253,6 +253,7 @@ def render_html(
         f"<h1>{e(title)}</h1>",
         f"<p>From {e(run.source)}. Run start {datetime.fromtimestamp(origin, tz=UTC).isoformat(timespec='seconds')}; "
         f"server: {e(run.server_name if run.server else run.server_note or 'not observed')}.</p>",
+        *([f'<p class="unfinished"><b>{e(unfinished)}</b></p>'] if (unfinished := unfinished_run(run)) else []),
         "<h2>Conclusions</h2>",
         '<ul class="conclusions">',
     ]
@@ -325,11 +326,25 @@ def _rates(row: PhaseRow) -> dict[str, float | None]:
     return {"seconds": row.seconds, "message_rate": row.message_rate, "delivery_rate": row.delivery_rate}
 
 
+def unfinished_run(run: Run) -> str:
+    """A sentence saying that the run did not end (its last phase has no end: the generator stopped or was killed
+    while it went on), or '' for a run that ended."""
+    if not run.phases or run.phases[-1].end is not None:
+        return ""
+    last = run.phases[-1]
+    until = run.end if run.end is not None else last.start
+    stamp = datetime.fromtimestamp(until, tz=UTC).isoformat(timespec="seconds")
+    return (f"This run did not end: its files stop at {stamp}, {until - last.start:.0f} s into phase {last.name} "
+            "(the generator stopped or was killed). What follows is the run up to then; deliveries still in flight "
+            "then were not judged.")  # fmt: skip
+
+
 def report_data(run: Run, rows: list[PhaseRow], found: list[Conclusion], origin: float) -> dict[str, Any]:
     return {
         "source": run.source,
         "server": run.server_name if run.server else None,
         "server_note": run.server_note,
+        "unfinished": unfinished_run(run) or None,
         "start_unix": origin,
         "phases": [{**asdict(r), **_rates(r)} for r in rows],
         "conclusions": [asdict(c) for c in found],

@@ -13,10 +13,12 @@ On the master or a local runner, while a run goes on:
 The server is observed when ``--xmpp-server-pid N`` names its process on this host, or when
 ``--host`` is the WebSocket URL of the lab running in ``$LOCUST_XMPP_LAB_DIR`` (default ``./.lab``).
 
-With ``--csv PREFIX`` the samples are written at the end of the run as ``PREFIX_timeline.csv``,
-``PREFIX_server.csv`` and ``PREFIX_phase_stats.json``, after the phases have closed and the last
-statistics have come in (at ``test_stop`` on a local runner, when quitting on a master, which is when
-its workers' last reports arrive), and a headless run then writes its report
+With ``--csv PREFIX`` the samples are written as ``PREFIX_timeline.csv``, ``PREFIX_server.csv`` and
+``PREFIX_phase_stats.json`` every ``FLUSH_INTERVAL`` seconds while the run goes on (so that a generator
+killed mid-run, an evicted or OOM-killed master pod among them, leaves its run up to then, and
+``locust-xmpp report PREFIX`` draws it), and for the last time at the end of the run, after the phases
+have closed and the last statistics have come in (at ``test_stop`` on a local runner, when quitting on a
+master, which is when its workers' last reports arrive); a headless run then writes its report
 (``xmpp_user.observe.report``). On a master the statistics are those the workers have reported so
 far: they lag the run by up to Locust's report interval (3 s).
 """
@@ -59,6 +61,9 @@ SERVER_INTERVAL = 0.2
 MAX_SAMPLES = 200_000
 """Timeline samples kept at most (two days at one a second); later ones are dropped, and the log says so."""
 MAX_SERVER_SAMPLES = 5 * MAX_SAMPLES
+FLUSH_INTERVAL = 5.0
+"""Seconds between two writes of the run's files while it goes on (longer when a write takes long: a write
+costs at most a twentieth of the time between two)."""
 QUIET_WINDOW = 2.0
 """Seconds of server samples over which its CPU is compared with its idle level (phases that settle)."""
 QUIET_MARGIN = 10.0
@@ -161,6 +166,9 @@ class Recorder:
         self._greenlets = [gevent.spawn(self._sample_loop)]
         if pid:
             self._greenlets.append(gevent.spawn(self._server_loop, pid))
+        prefix = getattr(options, "csv_prefix", None) if options is not None else None
+        if prefix:
+            self._greenlets.append(gevent.spawn(self._flush_loop, prefix))
 
     def on_phase(self, phase: phases.Phase) -> None:
         runner = self.environment.runner
@@ -197,9 +205,28 @@ class Recorder:
     def write(self, prefix: str) -> None:
         if directory := os.path.dirname(prefix):
             os.makedirs(directory, exist_ok=True)
-        write_timeline(f"{prefix}_timeline.csv", self.samples)
-        write_server(f"{prefix}_server.csv", self.server_rows)
-        write_phase_stats(f"{prefix}_phase_stats.json", self.snapshots, self.server)
+        # Each file is written whole under a temporary name, then takes its own: a reader never sees half a file.
+        for path, write in (
+            (f"{prefix}_timeline.csv", lambda p: write_timeline(p, self.samples)),
+            (f"{prefix}_server.csv", lambda p: write_server(p, self.server_rows)),
+            (f"{prefix}_phase_stats.json", lambda p: write_phase_stats(p, self.snapshots, self.server)),
+        ):
+            write(f"{path}.part")
+            os.replace(f"{path}.part", path)
+
+    def _flush_loop(self, prefix: str) -> None:
+        """The run's files so far, every ``FLUSH_INTERVAL`` seconds or so, until the run ends."""
+        interval = FLUSH_INTERVAL
+        while not self.written:
+            gevent.sleep(interval)
+            if self.written:
+                return
+            started = time.monotonic()
+            try:
+                self.write(prefix)
+            except OSError as exc:
+                log.warning("The run's files could not be written to %s: %s", prefix, exc)
+            interval = max(FLUSH_INTERVAL, 20 * (time.monotonic() - started))
 
     # Samples
 
