@@ -123,7 +123,7 @@ def results(prefix: Path) -> dict[str, Any]:
     return out
 
 
-def livechat(workdir: Path, server: str, pause: float) -> dict[str, Any]:
+def livechat(workdir: Path, server: str, pause: float, extra: list[str]) -> dict[str, Any]:
     lab = start_lab(workdir, server, "livechat")
     room = f"seeds-{uuid.uuid4().hex[:8]}"
     jid = f"{room}@{lab.muc_domain}"
@@ -134,7 +134,7 @@ def livechat(workdir: Path, server: str, pause: float) -> dict[str, Any]:
     try:
         for observer in observers:
             observer.start()
-        code, seconds = run_locust(lab, "livechat.py", prefix, "--xmpp-room", room, "--pause", str(pause))
+        code, seconds = run_locust(lab, "livechat.py", prefix, "--xmpp-room", room, "--pause", str(pause), *extra)
         records = [observer.stop() for observer in observers]
     finally:
         for observer in observers:
@@ -195,6 +195,9 @@ def main() -> None:
     parser.add_argument("--server", choices=("prosody", "ejabberd", "both"), default="both")
     parser.add_argument("--only", choices=("livechat", "jitsi"), help="run one of the two tests")
     parser.add_argument("--pause", type=float, default=20.0, help="seconds between livechat batches (seed: 80)")
+    parser.add_argument("--viewers", type=int, default=100, help="livechat viewers per batch (seed: 100)")
+    parser.add_argument("--join-rate", type=float, default=10.0, help="livechat viewers joining per second (seed: 10)")
+    parser.add_argument("--batches", type=int, choices=(1, 2, 3), default=3, help="livechat batches (seed: 3)")
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "seeds.json"),
                         help="where to write the measurements (default %(default)s)")  # fmt: skip
     parser.add_argument("--workdir", help="where the runs' files go (default: a new temporary directory)")
@@ -207,14 +210,16 @@ def main() -> None:
         found[server] = {}
         if args.only in (None, "livechat"):
             print(f"seeds: livechat on {server} ...", flush=True)
-            found[server]["livechat"] = livechat(workdir, server, args.pause)
+            extra = ["--viewers", str(args.viewers), "--join-rate", str(args.join_rate), "--batches", str(args.batches)]
+            found[server]["livechat"] = livechat(workdir, server, args.pause, extra)
         if args.only in (None, "jitsi"):
             print(f"seeds: jitsi on {server} ...", flush=True)
             found[server]["jitsi"] = jitsi(workdir, server)
     print_table(found)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "pause": args.pause, "runs": found}, indent=1) + "\n")
+    plan = {"pause": args.pause, "viewers": args.viewers, "join_rate": args.join_rate, "batches": args.batches}
+    out.write_text(json.dumps({"machine": machine(), "plan": plan, "runs": found}, indent=1) + "\n")
     print(f"\nJSON: {out}\nRun files: {workdir}")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from xmpp_user.observe import timeline
 from xmpp_user.observe.model import (
     MissingData,
     NameStats,
@@ -192,3 +193,12 @@ def test_find_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         "and no --xmpp-server-pid was given"
     )
     assert find_server(Namespace(xmpp_server_pid="None"), None)[0] is None  # the web UI form's empty field
+
+
+def test_a_sampler_woken_late_skips_the_slots_it_missed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A generator busy for 1.3 s wakes its 0.2 s server sampler late: the next sample is the next slot ahead,
+    # not six samples milliseconds apart (each of whose CPU % read thousands of per cent).
+    monkeypatch.setattr(timeline.time, "monotonic", lambda: 101.3)
+    assert timeline._next_slot(3, 100.0, 0.2) == 7
+    monkeypatch.setattr(timeline.time, "monotonic", lambda: 100.65)
+    assert timeline._next_slot(3, 100.0, 0.2) == 4  # on time: simply the next one

@@ -294,15 +294,18 @@ class Recorder:
 
     def _sample_loop(self) -> None:
         began = time.monotonic()
-        for k in range(MAX_SAMPLES):
+        slot = 0
+        for _ in range(MAX_SAMPLES):
             self.samples.append(self.sample())
-            gevent.sleep(max(0.0, began + (k + 1) * SAMPLE_INTERVAL - time.monotonic()))
+            slot = _next_slot(slot, began, SAMPLE_INTERVAL)
+            gevent.sleep(max(0.0, began + slot * SAMPLE_INTERVAL - time.monotonic()))
         self._say_full("timeline")
 
     def _server_loop(self, pid: int) -> None:
         began = time.monotonic()
         previous: tuple[float, float] | None = None
-        for k in range(MAX_SERVER_SAMPLES):
+        slot = 0
+        for _ in range(MAX_SERVER_SAMPLES):
             try:
                 cpu, rss, now = process_cpu_seconds(pid), process_rss_bytes(pid), time.time()
             except (OSError, ValueError, IndexError):
@@ -316,13 +319,21 @@ class Recorder:
             if percent is not None:
                 self._window(percent)
             previous = (now, cpu)
-            gevent.sleep(max(0.0, began + (k + 1) * SERVER_INTERVAL - time.monotonic()))
+            slot = _next_slot(slot, began, SERVER_INTERVAL)
+            gevent.sleep(max(0.0, began + slot * SERVER_INTERVAL - time.monotonic()))
         self._say_full("server")
 
     def _say_full(self, what: str) -> None:
         if not self._full_said:
             self._full_said = True
             log.warning("The %s samples reached their limit: later ones are not kept", what)
+
+
+def _next_slot(slot: int, began: float, interval: float) -> int:
+    """The next sampling slot still ahead: a loop woken late (a generator whose CPU is saturated) skips the slots
+    it missed rather than catching up with samples milliseconds apart, whose CPU % (clock ticks over a few
+    milliseconds) would read thousands of per cent."""
+    return max(slot + 1, int((time.monotonic() - began) / interval) + 1)
 
 
 _installed: WeakKeyDictionary[Environment, Recorder] = WeakKeyDictionary()
