@@ -17,6 +17,12 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Prometheus: promtool checks the exporters' output, the scrape config and the dashboard's PromQL; the exporter
 # and report tests run a private one (never the service).
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+# podman and what it runs with, for the image (scripts/image.sh: a Debian base from debootstrap, no registry) and the
+# container test (tests/containers: the rendered k8s/ played with podman kube play). Its settings for this machine
+# are the project's own (k8s/podman/containers.conf, through CONTAINERS_CONF), not /etc's.
+for package in podman debootstrap uidmap slirp4netns fuse-overlayfs netavark aardvark-dns catatonit iptables runc; do
+    dpkg-query -W -f='${db:Status-Status}' "$package" 2>/dev/null | grep -qx installed || need_apt+=("$package")
+done
 if ((${#need_apt[@]})); then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

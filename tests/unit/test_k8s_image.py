@@ -61,9 +61,17 @@ def _files(source: str) -> list[str]:
     return [p.relative_to(REPO).as_posix() for p in found if "__pycache__" not in p.parts]
 
 
-def test_the_image_is_python_slim_run_by_the_manifests_user() -> None:
+def test_the_image_is_python_slim_unless_given_another_base_and_run_by_the_manifests_user() -> None:
     instructions = _instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
+    assert instructions[0] == ("ARG", "BASE=python:3.11-slim"), "users build on python:3.11-slim by default"
+    froms = [args for name, args in instructions if name == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"], "a build stage, then the image on the same base"
+    last = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    final = instructions[last:]
+    assert not any(name == "RUN" and "pip" in args for name, args in final), "pip runs in the build stage only"
+    assert ("COPY", "--from=build /opt/locust-xmpp /opt/locust-xmpp") in final
+    [path] = [args for name, args in final if name == "ENV" and "PATH=" in args]
+    assert "PATH=/opt/locust-xmpp/bin:" in path
     [user] = [args for name, args in instructions if name == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) > 0 and gid.isdigit(), "numeric, so that runAsNonRoot can check it"
@@ -77,7 +85,7 @@ def test_the_image_is_python_slim_run_by_the_manifests_user() -> None:
 
 
 def test_the_build_context_holds_what_the_dockerfile_copies_and_not_the_rest() -> None:
-    copied = [args.split()[:-1] for name, args in _instructions() if name == "COPY"]
+    copied = [args.split()[:-1] for name, args in _instructions() if name == "COPY" and "--from=" not in args]
     sources = [source for sources in copied for source in sources]
     assert sources == ["pyproject.toml", "README.md", "xmpp_user", "locustfiles"]
     for source in sources:
@@ -110,6 +118,8 @@ def test_the_package_built_from_the_copied_files_alone_is_complete(tmp_path: Pat
     assert "locust-xmpp = xmpp_user.cli:main" in (egg_info / "entry_points.txt").read_text()
     requires = (egg_info / "requires.txt").read_text()
     [install] = [args for name, args in _instructions() if name == "RUN" and "pip install" in args]
+    # What only builds or tests leaves the virtualenv: pytest (Locust's, for pytest-style locustfiles) and pip.
+    assert re.search(r"pip uninstall -y -q pytest iniconfig pluggy pygments setuptools pip\b", install), install
     extras = re.search(r'"\.\[([a-z0-9,]+)\]"', install)
     assert extras is not None, install
     assert extras[1].split(",") == ["metrics", "k8s"]

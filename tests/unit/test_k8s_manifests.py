@@ -20,12 +20,13 @@ import yaml
 from schema_tools import REPO
 
 from xmpp_user import cli
-from xmpp_user.deploy import objects
+from xmpp_user.deploy import master as master_module
+from xmpp_user.deploy import objects, weblogin
 from xmpp_user.deploy.master import RUN_ENV
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, workers_needed
 
 KUBERNETES_VERSION = "1.32.0"
-KUSTOMIZATIONS = ("base", "overlays/small", "overlays/large", "prosody")
+KUSTOMIZATIONS = ("base", "overlays/small", "overlays/large", "overlays/web-ui", "prosody")
 OBSERVABILITY = REPO / "k8s" / "observability"
 IMAGE_USER = 10001
 """The Dockerfile's USER."""
@@ -178,21 +179,115 @@ def test_the_monitors_select_the_master_service_and_the_servers_pods(
     assert server["spec"]["shareProcessNamespace"] is True  # the exporter reads Prosody's /proc entries
 
 
-def test_only_worker_pods_reach_the_masters_port_for_workers(rendered: dict[str, list[dict[str, Any]]]) -> None:
+PROMETHEUS_NAMESPACE = "monitoring"
+"""The namespace the overlays name for Prometheus."""
+INGRESS_NAMESPACE = "ingress-nginx"
+"""The namespace overlays/web-ui opens the web UI to."""
+MASTER_PORTS = (5557, 8089, 9646)
+
+
+def _reaches(policy: dict[str, Any], port: int, labels: dict[str, str], namespace: str, own: str) -> bool:
+    """Whether a pod with ``labels`` in ``namespace`` may open ``port`` on the pods ``policy`` selects (in
+    namespace ``own``), by NetworkPolicy's rules: the rules add up; a rule's ``from`` peers add up, and a peer with
+    both selectors needs both; no ``from`` is every source, no ``ports`` every port."""
+    spec = policy["spec"]
+    if "Ingress" not in spec["policyTypes"]:
+        return True
+    namespace_labels = {"kubernetes.io/metadata.name": namespace}
+
+    def peer(p: dict[str, Any]) -> bool:
+        assert set(p) <= {"podSelector", "namespaceSelector"}, p  # no ipBlock: nothing is open by address
+        if "namespaceSelector" in p:
+            in_namespace = _matches(p["namespaceSelector"].get("matchLabels", {}), namespace_labels)
+        else:
+            in_namespace = namespace == own
+        pod = _matches(p["podSelector"].get("matchLabels", {}), labels) if "podSelector" in p else True
+        return in_namespace and pod
+
+    for rule in spec.get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(p["port"] == port and p.get("protocol", "TCP") == "TCP" for p in ports):
+            continue
+        if "from" not in rule or any(peer(p) for p in rule["from"]):
+            return True
+    return False
+
+
+def _who_reaches(docs: list[dict[str, Any]]) -> dict[int, set[str]]:
+    """For each of the master's ports, which of a set of typical pods reach it."""
+    policy = _one(docs, "NetworkPolicy", objects.MASTER)
+    own = policy["metadata"].get("namespace", objects.NAMESPACE)
+    master = _one(docs, "Deployment", objects.MASTER)["spec"]["template"]["metadata"]["labels"]
+    assert _matches(policy["spec"]["podSelector"]["matchLabels"], master)
+    worker = _one(docs, "Deployment", objects.WORKER)["spec"]["template"]["metadata"]["labels"]
+    pods = {
+        "worker": (worker, own),
+        "other pod": ({"app": "anything"}, own),
+        "master": (master, own),
+        "worker-labelled pod elsewhere": (worker, "elsewhere"),
+        "prometheus": ({"app.kubernetes.io/name": "prometheus"}, PROMETHEUS_NAMESPACE),
+        "ingress controller": ({"app.kubernetes.io/name": "ingress-nginx"}, INGRESS_NAMESPACE),
+        "pod elsewhere": ({"app": "anything"}, "elsewhere"),
+    }
+    return {port: {name for name, (labels, namespace) in pods.items() if _reaches(policy, port, labels, namespace,
+                                                                                 own)}
+            for port in MASTER_PORTS}  # fmt: skip
+
+
+def test_by_default_only_worker_pods_reach_the_master(rendered: dict[str, list[dict[str, Any]]]) -> None:
     policy = _one(rendered["base"], "NetworkPolicy", objects.MASTER)["spec"]
-    master_labels = _one(rendered["base"], "Deployment", objects.MASTER)["spec"]["template"]["metadata"]["labels"]
-    worker_labels = _one(rendered["base"], "Deployment", objects.WORKER)["spec"]["template"]["metadata"]["labels"]
-    assert _matches(policy["podSelector"]["matchLabels"], master_labels)
     assert policy["policyTypes"] == ["Ingress"]
-    reaching_5557 = [rule for rule in policy["ingress"] if any(p["port"] == 5557 for p in rule.get("ports", []))]
-    assert len(reaching_5557) == 1
-    [source] = reaching_5557[0]["from"]
-    assert set(source) == {"podSelector"}, "pods of this namespace only"
-    assert source["podSelector"]["matchLabels"] == objects.WORKER_LABELS
-    assert _matches(source["podSelector"]["matchLabels"], worker_labels)
-    assert not _matches(source["podSelector"]["matchLabels"], master_labels)
-    open_ports = {p["port"] for rule in policy["ingress"] if "from" not in rule for p in rule["ports"]}
-    assert open_ports == {8089, 9646}
+    assert _who_reaches(rendered["base"]) == {5557: {"worker"}, 8089: set(), 9646: set()}
+
+
+@pytest.mark.parametrize("overlay", ["overlays/small", "overlays/large"])
+def test_the_overlays_open_the_metrics_to_their_prometheus_namespace_only(
+    rendered: dict[str, list[dict[str, Any]]], overlay: str
+) -> None:
+    assert _who_reaches(rendered[overlay]) == {5557: {"worker"}, 8089: set(), 9646: {"prometheus"}}
+    assert f"kubernetes.io/metadata.name: {PROMETHEUS_NAMESPACE}" in (REPO / "k8s" / overlay /
+                                                                      "kustomization.yaml").read_text()  # fmt: skip
+
+
+def test_the_web_ui_is_open_only_with_its_login_and_a_password_from_a_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    docs = rendered["overlays/web-ui"]
+    assert _who_reaches(docs) == {5557: {"worker"}, 8089: {"ingress controller"}, 9646: {"prometheus"}}
+    master = _container(_one(docs, "Deployment", objects.MASTER)["spec"]["template"], objects.MASTER_CONTAINER)
+    args = cli.build_parser().parse_args(master["command"][1:] + master["args"])
+    assert "--web-login" in args.locust_args
+    [password] = [e for e in master["env"] if e["name"] == weblogin.PASSWORD_ENV]
+    assert password["valueFrom"] == {"secretKeyRef": {"name": "locust-xmpp-web", "key": "password"}}, (
+        "from a Secret, and not optional: without it the master does not start"
+    )
+    assert master_module.interactive_command(args.locust_args[1:])[1:3] == ["-m", "xmpp_user.deploy.weblogin"]
+    for name in ("overlays/small", "overlays/large", "base"):
+        base_master = _container(_one(rendered[name], "Deployment", objects.MASTER)["spec"]["template"],
+                                 objects.MASTER_CONTAINER)  # fmt: skip
+        assert "--web-login" not in base_master["args"]
+        assert not master_module.interactive_command(base_master["args"])[0].endswith("python"), name
+
+
+def test_registered_accounts_passwords_come_from_a_secret_both_master_and_workers_read(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for name in ("base", "overlays/small", "overlays/large"):
+        docs = rendered[name]
+        for deployment, container_name in ((objects.MASTER, objects.MASTER_CONTAINER), (objects.WORKER, "worker")):
+            template = _one(docs, "Deployment", deployment)["spec"]["template"]
+            container = _container(template, container_name)
+            [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/etc/locust-xmpp-accounts"]
+            assert mount["readOnly"] is True
+            [volume] = [v for v in template["spec"]["volumes"] if v["name"] == mount["name"]]
+            assert volume["secret"] == {"secretName": "locust-xmpp-accounts", "optional": True,
+                                        "defaultMode": 0o440}, "anonymous runs need no Secret"  # fmt: skip
+            for env in container.get("env", []):
+                assert "PASSWORD" not in env["name"] or "secretKeyRef" in env.get("valueFrom", {}), env
+        for config in (d for d in docs if d["kind"] == "ConfigMap"):
+            for key, value in config["data"].items():
+                if key.endswith(".conf"):
+                    assert "xmpp-password" not in value and "xmpp-credentials" not in value, key
 
 
 @pytest.mark.parametrize("overlay", ["overlays/small", "overlays/large"])

@@ -1,6 +1,7 @@
 """The Locust master's entry point in its pod: ``locust-xmpp k8s master`` (see ``k8s/base/master.yaml``).
 
-Without a run it is the interactive master, ``locust --master`` with its web UI (``kubectl port-forward``).
+Without a run it is the interactive master, ``locust --master`` with its web UI (``kubectl port-forward``), behind
+a password when its arguments say ``--web-login`` (``weblogin.py``).
 With one, given by ``locust-xmpp k8s run`` as the pod template's ``locust-xmpp/run`` annotation (here
 $LOCUST_XMPP_RUN, through the downward API), it runs Locust headless in RESULTS/RUN_ID, prints the files written
 there into the log (``transfer.py``), then becomes the interactive master: the pod stays up, so Kubernetes does
@@ -79,12 +80,19 @@ def _say(line: str) -> None:
     print(f"locust-xmpp k8s master: {line}", flush=True)
 
 
+def interactive_command(base_args: list[str]) -> list[str]:
+    """The interactive master's command line: Locust's, through ``weblogin`` when it is to ask for a password."""
+    if _has_option(base_args, "--web-login"):
+        return [sys.executable, "-m", "xmpp_user.deploy.weblogin", *base_args, "--master"]
+    return [_locust(), *base_args, "--master"]
+
+
 def _interactive(base_args: list[str]) -> None:
     """Become ``locust --master`` with the web UI (never returns)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    locust = _locust()
-    os.execvp(locust, [locust, *base_args, "--master"])
+    command = interactive_command(base_args)
+    os.execvp(command[0], command)
 
 
 def _run(spec: RunSpec, directory: Path, base_args: list[str]) -> tuple[int, bool]:
