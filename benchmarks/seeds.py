@@ -1,7 +1,8 @@
 """The two field tests at the field's own size, on the lab servers, each conclusion beside the field's figure.
 
     python benchmarks/seeds.py [--server prosody|ejabberd|both] [--pause 20] [--only livechat|jitsi]
-                               [--json FILE] [--workdir DIR]
+                               [--viewers 100] [--join-rate 10] [--batches 3] [--json FILE] [--workdir DIR]
+                               [any other livechat option, e.g. --talk-interval 1]
 
 For each server, on a lab started afresh for each test (``locust-xmpp lab up`` semantics, private ports):
 
@@ -201,7 +202,7 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "seeds.json"),
                         help="where to write the measurements (default %(default)s)")  # fmt: skip
     parser.add_argument("--workdir", help="where the runs' files go (default: a new temporary directory)")
-    args = parser.parse_args()
+    args, extra_livechat = parser.parse_known_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seeds-"))
     workdir.mkdir(parents=True, exist_ok=True)
     servers = ("prosody", "ejabberd") if args.server == "both" else (args.server,)
@@ -210,7 +211,8 @@ def main() -> None:
         found[server] = {}
         if args.only in (None, "livechat"):
             print(f"seeds: livechat on {server} ...", flush=True)
-            extra = ["--viewers", str(args.viewers), "--join-rate", str(args.join_rate), "--batches", str(args.batches)]
+            extra = ["--viewers", str(args.viewers), "--join-rate", str(args.join_rate), "--batches", str(args.batches),
+                     *extra_livechat]
             found[server]["livechat"] = livechat(workdir, server, args.pause, extra)
         if args.only in (None, "jitsi"):
             print(f"seeds: jitsi on {server} ...", flush=True)
@@ -218,7 +220,8 @@ def main() -> None:
     print_table(found)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    plan = {"pause": args.pause, "viewers": args.viewers, "join_rate": args.join_rate, "batches": args.batches}
+    plan = {"pause": args.pause, "viewers": args.viewers, "join_rate": args.join_rate, "batches": args.batches,
+            "livechat_options": extra_livechat}
     out.write_text(json.dumps({"machine": machine(), "plan": plan, "runs": found}, indent=1) + "\n")
     print(f"\nJSON: {out}\nRun files: {workdir}")
 
