@@ -40,7 +40,7 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from xmpp_user import phases
+from xmpp_user import phases, requests
 from xmpp_user.connection import ready_count
 from xmpp_user.deviations import DEVIATIONS, Deviations
 from xmpp_user.requests import outstanding
@@ -97,6 +97,18 @@ class _Run:
             "deviations": self.deviations.as_dict(),
         }
 
+
+LATE_REPLIES = (
+    "requests that had no reply within the timeout (each recorded as a failure) were answered later: the server "
+    "was slow, not silent"
+)
+
+
+def _late_reply() -> None:
+    DEVIATIONS.note("late_replies", LATE_REPLIES)
+
+
+requests.on_late_reply.append(_late_reply)
 
 busy: Callable[[], int] = outstanding
 """How many requests (and logins: ``xmpp_user.user`` sets its own count here) this process awaits now."""

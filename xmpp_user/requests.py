@@ -12,9 +12,9 @@ in one of three ways:
 
 A request that got no reply within its timeout is failed (recorded) but still recognised: its
 reply may come **late**, as a saturated server's do. A late reply fires nothing more (the request
-is already counted), is said once per run as the deviation ``late_replies`` (the server was slow,
-not silent), and lets a caller that waits with ``patience`` carry on as a browser client would,
-instead of giving its session up.
+is already counted), is told to ``on_late_reply`` (the run says it once as the deviation
+``late_replies``: the server was slow, not silent), and lets a caller that waits with ``patience``
+carry on as a browser client would, instead of giving its session up.
 
 ``Requests`` keeps the tables by which replies are recognised (MUC room for joins, leaves and
 nick changes, message id for reflections, MAM query id for archive pages, step for the
@@ -32,11 +32,13 @@ from xml.etree.ElementTree import Element
 from gevent.event import Event
 from locust.exception import RescheduleTask
 
-from xmpp_user.deviations import DEVIATIONS
-
 REQUEST_TYPE = "XMPP"
 
 _outstanding = 0
+
+on_late_reply: list[Callable[[], None]] = []
+"""Called once for each late reply (a reply to a request already failed for no reply in time): the run's
+accounting (``xmpp_user.outcome``) says it as the deviation ``late_replies``."""
 
 
 def outstanding() -> int:
@@ -197,11 +199,8 @@ class Requests:
         pending.element = element
         pending.error = error
         pending.refused = error is not None
-        DEVIATIONS.note(
-            "late_replies",
-            "requests that had no reply within the timeout (each recorded as a failure) were answered later: "
-            "the server was slow, not silent",
-        )
+        for hook in on_late_reply:
+            hook()
         _wake(pending)
 
     def cancel(self, pending: Pending) -> None:

@@ -12,7 +12,7 @@ from locust import User, constant, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from xmpp_user import outcome, truth
+from xmpp_user import outcome, requests, truth
 from xmpp_user.deviations import Deviations
 from xmpp_user.truth import TAG, Receiver, Sender, Tally
 
@@ -329,6 +329,15 @@ def test_web_ui_serves_the_totals(monkeypatch) -> None:
     body = reply.get_json()
     assert (body["sent"], body["expected"], body["delivered"], body["lost"]) == (1, 2, 2, 0)
     env.runner.quit()
+
+
+def test_a_late_reply_is_said_as_a_deviation_of_the_run(monkeypatch) -> None:
+    deviations = Deviations()
+    monkeypatch.setattr(outcome, "DEVIATIONS", deviations)
+    for hook in requests.on_late_reply:
+        hook()
+        hook()
+    assert deviations.as_dict() == {"late_replies": {"count": 2, "message": outcome.LATE_REPLIES}}
 
 
 def test_sender_id_is_unique_and_safe() -> None:
