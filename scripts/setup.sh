@@ -69,7 +69,7 @@ stamp=.venv/.installed-$(sha1sum pyproject.toml | cut -c1-12)
 if [ ! -f "$stamp" ]; then
     echo "setup: installing locust-xmpp and its dependencies into .venv"
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-    .venv/bin/python -m pip install -q -e '.[test,metrics,k8s]'
+    .venv/bin/python -m pip install -q -e '.[test,metrics,k8s,dashboards]'
     rm -f .venv/.installed-*
     touch "$stamp"
 fi
