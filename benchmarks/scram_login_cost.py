@@ -1,6 +1,6 @@
 """Client CPU per login, by SASL mechanism, against a private lab Prosody on loopback.
 
-    .venv/bin/python scripts/scram_login_cost.py [--logins 200] [--accounts 10] [--no-cache]
+    .venv/bin/python benchmarks/scram_login_cost.py [--logins 200] [--accounts 10] [--no-cache]
 
 Logs in LOGINS times in a row, cycling through ACCOUNTS registered accounts, and prints this
 process's CPU time per login (connect, auth, bind, close) and how many PBKDF2 derivations it

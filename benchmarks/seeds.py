@@ -3,6 +3,7 @@
     python benchmarks/seeds.py [--server prosody|ejabberd|both] [--pause 20] [--only livechat|jitsi]
                                [--viewers 100] [--join-rate 10] [--batches 3] [--json FILE] [--workdir DIR]
                                [any other livechat option, e.g. --talk-interval 1]
+                               [--jitsi-options='--hold 60 ...' (Jitsi options after the seed's own)]
 
 For each server, on a lab started afresh for each test (``locust-xmpp lab up`` semantics, private ports):
 
@@ -29,6 +30,7 @@ import csv
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -149,12 +151,12 @@ def livechat(workdir: Path, server: str, pause: float, extra: list[str]) -> dict
     return out
 
 
-def jitsi(workdir: Path, server: str) -> dict[str, Any]:
+def jitsi(workdir: Path, server: str, extra: list[str]) -> dict[str, Any]:
     lab = start_lab(workdir, server, "jitsi")
     prefix = workdir / f"{server}-jitsi" / "jitsi"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     try:
-        code, seconds = run_locust(lab, "jitsi.py", prefix, *JITSI)
+        code, seconds = run_locust(lab, "jitsi.py", prefix, *JITSI, *extra)  # given last, they override the seed
     finally:
         lab.down()
     return {"exit_code": code, "seconds": round(seconds, 1), "prefix": str(prefix), **results(prefix)}
@@ -202,7 +204,12 @@ def main() -> None:
     parser.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "seeds.json"),
                         help="where to write the measurements (default %(default)s)")  # fmt: skip
     parser.add_argument("--workdir", help="where the runs' files go (default: a new temporary directory)")
+    parser.add_argument("--jitsi-options", default="", metavar="'OPTIONS'",
+                        help="options for the Jitsi locustfile, given after the seed's own so they override "
+                             "them, e.g. --jitsi-options='--jitsi-rooms 1 --hold 5' (unknown options go to "
+                             "livechat)")  # fmt: skip
     args, extra_livechat = parser.parse_known_args()
+    extra_jitsi = shlex.split(args.jitsi_options)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="seeds-"))
     workdir.mkdir(parents=True, exist_ok=True)
     servers = ("prosody", "ejabberd") if args.server == "both" else (args.server,)
@@ -216,12 +223,12 @@ def main() -> None:
             found[server]["livechat"] = livechat(workdir, server, args.pause, extra)
         if args.only in (None, "jitsi"):
             print(f"seeds: jitsi on {server} ...", flush=True)
-            found[server]["jitsi"] = jitsi(workdir, server)
+            found[server]["jitsi"] = jitsi(workdir, server, extra_jitsi)
     print_table(found)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     plan = {"pause": args.pause, "viewers": args.viewers, "join_rate": args.join_rate, "batches": args.batches,
-            "livechat_options": extra_livechat}
+            "livechat_options": extra_livechat, "jitsi_options": extra_jitsi}
     out.write_text(json.dumps({"machine": machine(), "plan": plan, "runs": found}, indent=1) + "\n")
     print(f"\nJSON: {out}\nRun files: {workdir}")
 

@@ -52,7 +52,8 @@ import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
 from xmpp_user.client import XmppClient, XmppRequestFailed  # noqa: E402
-from xmpp_user.lab.lab import Lab, free_port, process_cpu_seconds, process_rss_bytes  # noqa: E402
+from xmpp_user.lab.lab import free_port, process_cpu_seconds, process_rss_bytes  # noqa: E402
+from xmpp_user.lab.prosody import ProsodyLab  # noqa: E402
 from xmpp_user.talk import DELIVERY, Talker  # noqa: E402
 from xmpp_user.transport import WebSocketTransport  # noqa: E402
 from xmpp_user.truth import Tally  # noqa: E402
@@ -144,7 +145,7 @@ def percentiles(values: list[float], points=(50, 90, 99)) -> dict[str, float]:
     return out
 
 
-def scrape_metrics(lab: Lab) -> dict[str, float]:
+def scrape_metrics(lab: ProsodyLab) -> dict[str, float]:
     """Prosody's openmetrics samples of the families we read (mod_smacks, c2s), summed over labels;
     empty if a busy Prosody does not answer within a minute."""
     try:
@@ -373,8 +374,8 @@ def run_mode(args: argparse.Namespace, sm: bool) -> dict:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-class SmLab(Lab):
-    """The lab with a few global options of its own (e.g. ``smacks_max_unacked_stanzas``)."""
+class SmLab(ProsodyLab):
+    """The lab Prosody with a few global options of its own (e.g. ``smacks_max_unacked_stanzas``)."""
 
     extra: dict[str, str] = {}
 
