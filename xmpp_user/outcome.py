@@ -55,6 +55,9 @@ CONNECTED_KEY = "xmpp_connected"
 """Key of the number of sessions a worker has open, in its reports."""
 BUSY_KEY = "xmpp_busy"
 """Key of the number of requests and logins a worker awaits, in its reports."""
+REPORT_NOW = "xmpp_report_now"
+"""Custom message by which a master waiting for a phase to settle asks its workers for their report at once,
+rather than in up to Locust's report interval (3 s)."""
 ROUTE = "/xmpp/truth"
 """Web UI route serving ``summary()`` as JSON."""
 MEMBER_COLUMNS = ("member", "group", "expected", "delivered", "state")
@@ -82,6 +85,8 @@ class _Run:
         """Sessions each worker had open at its last report, by client id."""
         self.worker_busy: dict[str, tuple[int, float]] = {}
         """Requests and logins each worker awaited at its last report, and when that report came."""
+        self.asked_since = 0.0
+        """The moment since which the workers were last asked to report at once (``REPORT_NOW``)."""
         self.reported: dict[str, Any] | None = None
         """What was last written, so a run that ends twice (test_stop, quitting) reports once."""
         self.stopping = False
@@ -152,6 +157,13 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             deviations.reset()
 
         events.report_to_master.add_listener(on_report_to_master)
+
+        def on_report_now(**_kw: Any) -> None:
+            send = getattr(runner, "_send_stats", None)  # Locust's own report, sent now (not public API)
+            if send is not None:
+                send()
+
+        runner.register_message(REPORT_NOW, on_report_now)
         return
 
     deviations.on_new.append(lambda kind, message: log.warning("Run differs from the plan: %s", message))
@@ -207,13 +219,16 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
 
         def awaited(since: float) -> int | None:
             """Requests and logins the live workers awaited, by reports sent after ``since``; None until each
-            live worker has sent one."""
+            live worker has sent one (they are asked for one at once)."""
             total = 0
             for client in runner.clients.values():
                 if client.state == STATE_MISSING:
                     continue
                 count, received = run.worker_busy.get(client.id, (0, 0.0))
                 if received <= since:
+                    if run.asked_since != since:
+                        run.asked_since = since
+                        runner.send_message(REPORT_NOW, None)
                     return None
                 total += count
             return total
