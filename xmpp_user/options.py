@@ -16,8 +16,6 @@ from locust import events
 from locust.runners import WorkerRunner
 
 from xmpp_user.core.stream import Credentials
-from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS
-from xmpp_user.observe.names import GENERATOR_PORT
 from xmpp_user.rooms import normalise
 from xmpp_user.transport import check_url
 
@@ -146,26 +144,8 @@ def add_options(parser: Any) -> None:
         help="Comma-separated local addresses to connect from, round robin (one per extra IP of this host); "
         "a worker uses its own, not the master's",
     )
-    group.add_argument(
-        "--xmpp-users-per-process",
-        type=positive(int),
-        default=DEFAULT_USERS_PER_PROCESS,
-        help="Most users one generator process holds (one process is one core); with the open-file limit and "
-        "the local ports it makes each process's budget (default %(default)s)",
-    )
-
-    observe = option_group(parser, "XMPP observation", "Prometheus metrics of the run, served by the master or a "
-                           "local runner with every worker's data summed; workers serve nothing")  # fmt: skip
-    observe.add_argument(
-        "--xmpp-metrics-port",
-        type=non_negative(int),
-        default=0,
-        help=f"Serve the run's Prometheus metrics on this port (dashboards/prometheus.yml scrapes {GENERATOR_PORT}); "
-        "0 for none (default %(default)s)",
-    )
-    observe.add_argument(
-        "--xmpp-metrics-host", default="127.0.0.1", help="Address to serve the metrics on (default %(default)s)"
-    )
+    # Each floor above registers its own options: --xmpp-users-per-process (xmpp_user.distribute.dispatch),
+    # --xmpp-metrics-port and --xmpp-metrics-host (xmpp_user.observe), --xmpp-server-pid (observe.timeline).
 
 
 @dataclass(frozen=True)

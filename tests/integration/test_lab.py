@@ -25,7 +25,8 @@ from xmpp_user.core.stanza import bare
 from xmpp_user.core.stream import Credentials
 from xmpp_user.lab import ejabberd as ejabberd_module
 from xmpp_user.lab import lab as lab_module
-from xmpp_user.lab.lab import INSTALL_HINT, SERVERS, Lab, LabError, free_port
+from xmpp_user.lab.lab import SERVERS, Lab, LabError, free_port
+from xmpp_user.lab.prosody import INSTALL_HINT
 
 REPO = Path(__file__).resolve().parents[2]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

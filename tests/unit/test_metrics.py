@@ -19,7 +19,7 @@ from locust.runners import STATE_MISSING, STATE_RUNNING, MasterRunner, WorkerNod
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from xmpp_user import observe, options, outcome, phases
+from xmpp_user import observe, outcome, phases
 from xmpp_user.deviations import Deviations
 from xmpp_user.lab.procs import free_port
 from xmpp_user.observe import metrics, names
@@ -252,7 +252,7 @@ def test_workers_serve_nothing() -> None:
 
 def test_the_options_are_in_the_web_ui_form() -> None:
     parser = get_empty_argument_parser()
-    options.add_options(parser)
+    observe.add_options(parser)  # observation registers its own options
     shown = parser.args_included_in_web_ui
     assert shown["xmpp_metrics_port"].default == 0 and shown["xmpp_metrics_host"].default == "127.0.0.1"
     assert parser.parse_args(["--xmpp-metrics-port", str(names.GENERATOR_PORT)]).xmpp_metrics_port == 9646

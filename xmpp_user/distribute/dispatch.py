@@ -22,17 +22,30 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+from locust import events
 from locust.dispatch import UsersDispatcher
 from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerNode, WorkerRunner
 
 from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, Budget, compute, raise_open_file_limit
-from xmpp_user.options import host_option
+from xmpp_user.options import host_option, option_group, positive
 from xmpp_user.phases import PhasedShape
 from xmpp_user.transport import local_port_range
 
 log = logging.getLogger(__name__)
+
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    group = option_group(parser, "XMPP budget", "How many users one generator process holds")
+    group.add_argument(
+        "--xmpp-users-per-process",
+        type=positive(int),
+        default=DEFAULT_USERS_PER_PROCESS,
+        help="Most users one generator process holds (one process is one core); with the open-file limit and "
+        "the local ports it makes each process's budget (default %(default)s)",
+    )
+
 
 MESSAGE = "xmpp_budget"
 EXIT_SETTINGS = 2

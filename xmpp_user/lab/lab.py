@@ -50,22 +50,21 @@ RESUME_TIMEOUT = 60
 LOG_LEVELS = ("warn", "info", "debug")
 DEFAULT_C2S_PORT = 15222
 DEFAULT_HTTP_PORT = 15280
-INSTALL_HINT = "Prosody is not installed: run  sudo apt-get install -y prosody"  # the default server's
 
 
 class LabError(RuntimeError):
     """An expected failure of the lab, with a one-line message for the user."""
 
 
-def server_class(name: str) -> type[Lab]:
-    # Imported here: the server modules import this one.
-    from xmpp_user.lab.ejabberd import EjabberdLab
-    from xmpp_user.lab.prosody import ProsodyLab
+_SERVER_CLASSES: dict[str, type[Lab]] = {}
+"""Each server's lab class, registered by the class itself (``Lab.__init_subclass__``); the package's
+``__init__`` imports every server module, so all are here once ``xmpp_user.lab`` is imported."""
 
-    classes: dict[str, type[Lab]] = {"prosody": ProsodyLab, "ejabberd": EjabberdLab}
-    if name not in classes:
+
+def server_class(name: str) -> type[Lab]:
+    if name not in _SERVER_CLASSES:
         raise LabError(f"unknown server {name!r} (choose from {', '.join(SERVERS)})")
-    return classes[name]
+    return _SERVER_CLASSES[name]
 
 
 def _choose(what: str, value: str, choices: tuple[str, ...]) -> str:
@@ -95,6 +94,12 @@ class Lab:
     domain = "localhost"
     registered_domain = "reg.localhost"
     muc_domain = "muc.localhost"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A server's own lab registers; a subclass of it that names no server of its own (a benchmark's) does not.
+        if cls.__dict__.get("server"):
+            _SERVER_CLASSES.setdefault(cls.server, cls)
 
     def __new__(cls, *args: Any, server: str | None = None, **kwargs: Any) -> Lab:
         if cls is Lab:

@@ -13,10 +13,13 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from xmpp_user.lab.lab import INSTALL_HINT, Lab
+from xmpp_user.lab.lab import Lab
 from xmpp_user.lab.procs import connect_in, mentions
 
 TEMPLATE = Path(__file__).with_name("prosody.cfg.lua.in")
+
+
+INSTALL_HINT = "Prosody is not installed: run  sudo apt-get install -y prosody"
 
 
 class _Connection(http.client.HTTPConnection):

@@ -14,8 +14,8 @@
 
 Each part installs itself on a Locust environment through ``install`` below, which every
 ``XmppUser`` locustfile calls at ``init``. prometheus-client (the ``metrics`` extra) is imported only
-when an exporter is asked for, and matplotlib only when a report is drawn. The generator's options are
-in ``xmpp_user.options`` (the metrics port) and ``timeline`` (``--xmpp-server-pid``).
+when an exporter is asked for, and matplotlib only when a report is drawn. Observation registers its own
+options: the metrics port and address here, ``--xmpp-server-pid`` in ``timeline``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,28 @@ import logging
 import sys
 from typing import Any
 
+from locust import events
+
+from xmpp_user.observe.names import GENERATOR_PORT
+from xmpp_user.options import non_negative, option_group
+
 log = logging.getLogger(__name__)
+
+@events.init_command_line_parser.add_listener
+def add_options(parser: Any) -> None:
+    group = option_group(parser, "XMPP observation", "Prometheus metrics of the run, served by the master or a "
+                         "local runner with every worker's data summed; workers serve nothing")  # fmt: skip
+    group.add_argument(
+        "--xmpp-metrics-port",
+        type=non_negative(int),
+        default=0,
+        help=f"Serve the run's Prometheus metrics on this port (dashboards/prometheus.yml scrapes {GENERATOR_PORT}); "
+        "0 for none (default %(default)s)",
+    )
+    group.add_argument(
+        "--xmpp-metrics-host", default="127.0.0.1", help="Address to serve the metrics on (default %(default)s)"
+    )
+
 
 MISSING_CLIENT = "--xmpp-metrics-port needs prometheus-client: pip install 'locust-xmpp[metrics]'"
 
