@@ -115,8 +115,14 @@ def _late_reply() -> None:
 
 requests.on_late_reply.append(_late_reply)
 
-busy: Callable[[], int] = outstanding
-"""How many requests (and logins: ``xmpp_user.user`` sets its own count here) this process awaits now."""
+awaiting: list[Callable[[], int]] = [outstanding]
+"""What this process awaits from the server now: its requests, and what upper floors add (``xmpp_user.user``:
+its users still logging in)."""
+
+
+def busy() -> int:
+    """How many requests and logins this process awaits from the server now."""
+    return sum(count() for count in awaiting)
 
 _installed: WeakKeyDictionary[Environment, _Run] = WeakKeyDictionary()
 _sender_ids = itertools.count(1)

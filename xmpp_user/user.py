@@ -16,7 +16,6 @@ from xmpp_user import options as _options  # registers the command-line options
 from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.distribute import dispatch
 from xmpp_user.observe import timeline  # noqa: F401  (registers --xmpp-server-pid)
-from xmpp_user.requests import outstanding
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,12 @@ _logging_in = 0
 """Users of this process started and not yet through their first login and ``on_session``."""
 
 
-def busy() -> int:
-    """Requests this process awaits now, and its users still on their way to their first session."""
-    return outstanding() + _logging_in
+def logging_in() -> int:
+    """Users of this process still on their way to their first session."""
+    return _logging_in
+
+
+outcome.awaiting.append(logging_in)
 
 
 class XmppUser(User):
@@ -156,7 +158,6 @@ class XmppUser(User):
 @events.init.add_listener
 def _install_outcome(environment: Any, **_kw: Any) -> None:
     if environment.runner is not None and any(issubclass(cls, XmppUser) for cls in environment.user_classes):
-        outcome.busy = busy
         outcome.install(environment)
         observe.install(environment)
         dispatch.install(environment)
