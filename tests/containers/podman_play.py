@@ -17,8 +17,8 @@ YAML (never a second copy of the manifests):
 - Services, NetworkPolicy, RBAC, scheduling and quotas are not played at all.
 
 ``PodmanCluster`` has the methods of ``Cluster`` that ``Run`` calls, so that ``Run`` itself (set the run, find its
-master pod, scale the workers, wait for them to be ready, follow the master's log, scale to zero, take the run out)
-drives the played pods.
+master pod, scale the workers, wait for them to be ready, follow the master's log, see the master die, scale to zero,
+take the run out) drives the played pods.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 
 import yaml
 
-from xmpp_user.deploy.cluster import DeployError, LogLine
+from xmpp_user.deploy.cluster import DeployError, LogLine, MasterState, exit_description
 from xmpp_user.deploy.objects import MASTER, MASTER_CONTAINER, RUN_ANNOTATION, WORKER
 
 REPO = Path(__file__).resolve().parents[2]
@@ -275,8 +275,19 @@ class PodmanCluster:
                 raise DeployError(f"timeout: {ready} of {replicas} {name} replicas ready after {timeout:g} s{asked}")
             time.sleep(self.poll)
 
-    def container_running(self, pod: str) -> bool:
-        return self.play.running(f"{pod}-{MASTER_CONTAINER}")
+    def master_state(self, pod: str) -> MasterState:
+        """The master container as ``podman inspect`` has it. podman starts no container again that ``podman kill``
+        ended, as the kubelet would: an ended master is final here."""
+        found = podman("container", "inspect", f"{pod}-{MASTER_CONTAINER}", "--format",
+                       "{{json .State}} {{.RestartCount}}", check=False).strip()  # fmt: skip
+        if not found:
+            return MasterState(False, ended="its pod is gone", final=True)
+        state_json, _, restarts = found.rpartition(" ")
+        state = json.loads(state_json)
+        if state["Running"]:
+            return MasterState(True, int(restarts))
+        ended = exit_description("OOMKilled" if state.get("OOMKilled") else None, state.get("ExitCode"))
+        return MasterState(False, int(restarts), ended, final=True)
 
     def log(self, pod: str, since_seconds: int | None = None) -> Iterator[LogLine]:
         """The master's output, followed until its container ends. Without podman's timestamps: with them, a line

@@ -3,7 +3,9 @@ Prosody's) without a registry, ``k8s/overlays/small`` and ``k8s/prosody`` are re
 and played with ``podman kube play``, and ``locust-xmpp k8s run``'s own ``Run`` drives a distributed headless run
 through two worker pods against the Prosody pod (``podman_play.PodmanCluster`` stands for the cluster): the run
 logs in with registered accounts whose passwords come from the Secret locust-xmpp-accounts, and its files come
-back through the master's log, read by the project's receiver.
+back through the master's log, read by the project's receiver. A second run's master is killed (SIGKILL, as the
+kernel's OOM killer does) once it has printed the run's own files into its log at least once: ``Run`` brings back
+those files, and their report says that the run did not end.
 
 Then what Kubernetes would enforce is checked on the pods: every container runs as uid 10001 with a read-only root
 filesystem and no capability, the probes of the manifests work with what the images contain, the exporter beside
@@ -16,6 +18,7 @@ Needs root and podman (bash scripts/setup.sh installs it); skipped with the reas
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -47,7 +50,7 @@ from podman_play import (
 
 from xmpp_user.deploy import objects
 from xmpp_user.deploy.cluster import DeployError
-from xmpp_user.deploy.run import Run
+from xmpp_user.deploy.run import EXIT_MASTER_DIED, Run
 from xmpp_user.observe import names
 
 pytestmark = pytest.mark.containers
@@ -61,6 +64,12 @@ WAIT = 120.0
 """Seconds any step may wait (pods starting, workers connecting)."""
 RUN_DEADLINE = 240.0
 """Seconds after which a run still going is stopped (its master pod), so that the test ends."""
+KILL_DEADLINE = 120.0
+"""Seconds after which the run to kill is stopped if the files to kill it after have not come."""
+KILL_AFTER = ("run_timeline.csv", "run_phases.json", "run_truth.json", "run_stats.csv")
+"""The run's files that the master must have printed while the run goes on before it is killed."""
+KILL_IN = "batch1-join"
+"""The phase in force in the last block printed before the master is killed: the viewers are joining."""
 IMAGE_BUILD_TIMEOUT = 900
 LOCUST_ARGS = [
     "-f", "/locustfiles/livechat.py", "--viewers", str(USERS), "--rooms", "10", "--batches", "1",
@@ -83,6 +92,27 @@ def images() -> None:
 
 
 @dataclass
+class Killed:
+    """The run whose master was killed: what k8s run said and brought back."""
+
+    code: int | None = None
+    error: str = ""
+    output: list[str] = field(default_factory=list)
+    """The master's output."""
+    said: list[str] = field(default_factory=list)
+    """What k8s run itself said."""
+    files: dict[str, bytes] = field(default_factory=dict)
+    killed_after: float | None = None
+    """Seconds from the start of k8s run to the kill."""
+    blocks: int = 0
+    """The blocks k8s run had read when the master was killed."""
+    seconds: float = 0.0
+    master_after: str = ""
+    """The master container's run annotation after k8s run ended ("" for the interactive master)."""
+    workers_after: int = -1
+
+
+@dataclass
 class Played:
     play: Play
     small: list[dict[str, Any]]
@@ -93,6 +123,7 @@ class Played:
     output: list[str] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
     seconds: float = 0.0
+    killed: Killed = field(default_factory=Killed)
 
 
 def _http(url: str, timeout: float = 5) -> tuple[int, str]:
@@ -141,6 +172,7 @@ def played(images: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
         play.secret(ACCOUNTS_SECRET, {"credentials.csv": lines.getvalue()})
         result = Played(play, small, prosody, password)
         _distributed_run(result, tmp_path_factory.mktemp("run"))
+        result.killed = _killed_run(result, tmp_path_factory.mktemp("killed"))
         # k8s run left the interactive master and no worker: two again, for the checks on the pods.
         cluster = PodmanCluster(play, small)
         cluster.scale(objects.WORKER, 2)
@@ -179,6 +211,49 @@ def _distributed_run(played: Played, output: Path) -> None:
     print("\n".join(said)[-8000:])
 
 
+def _killed_run(played: Played, output: Path) -> Killed:
+    """``Run`` again, its master container killed with SIGKILL once ``Run`` has read the files of KILL_AFTER from
+    a block the master printed in phase KILL_IN while the run went on (no handler runs: an OOM kill, or an eviction
+    that leaves no time)."""
+    cluster = PodmanCluster(played.play, played.small)
+    killed = Killed()
+    run = Run(cluster, USERS, PER_WORKER, WAIT, output, show=killed.output.append)  # type: ignore[arg-type]
+    start = time.monotonic()
+    done = threading.Event()
+
+    def killer() -> None:
+        while not done.wait(0.2) and time.monotonic() - start < KILL_DEADLINE:
+            latest = run.receiver.latest
+            if (all(name in latest for name in KILL_AFTER) and b'"partial"' in latest["run_truth.json"]
+                    and json.loads(latest["run_phases.json"])[-1]["phase"] == KILL_IN):  # fmt: skip
+                killed.killed_after, killed.blocks = time.monotonic() - start, run.receiver.blocks
+                podman("kill", cluster.master_container())
+                return
+        podman("pod", "stop", "-t", "5", f"{objects.MASTER}-pod-0", check=False)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said):
+            killed.code = run(LOCUST_ARGS)
+    except DeployError as exc:
+        killed.error = str(exc)
+    finally:
+        done.set()
+        thread.join(timeout=30)
+        killed.seconds = time.monotonic() - start
+    killed.said = said.getvalue().splitlines()
+    if output.exists():
+        killed.files = {p.relative_to(output).as_posix(): p.read_bytes() for p in output.rglob("*") if p.is_file()}
+    killed.workers_after = len(podman("ps", "-a", "--filter", f"name=^{objects.WORKER}-pod-", "--format",
+                                      "{{.Names}}").split())  # fmt: skip
+    env = podman("container", "inspect", cluster.master_container(), "--format", "{{json .Config.Env}}", check=False)
+    killed.master_after = run.id if run.id in env else ""
+    print("\n".join(killed.said))
+    return killed
+
+
 def test_a_distributed_run_through_two_worker_pods_brings_its_files_back(played: Played) -> None:
     assert not played.error, played.error + "\n" + "\n".join(played.output[-40:])
     assert played.code == 0, "\n".join(played.output[-60:])
@@ -208,6 +283,48 @@ def test_a_distributed_run_through_two_worker_pods_brings_its_files_back(played:
         f"run: {total['Request Count']} requests, {total['Failure Count']} failures, {played.seconds:.0f} s; "
         f"{truth_line.split('Message truth:', 1)[1].strip()}"
     )
+
+
+def test_a_master_killed_mid_run_leaves_its_files_and_their_report(played: Played) -> None:
+    killed = played.killed
+    assert killed.killed_after is not None, "the master printed the run's files while it went on:\n" + "\n".join(
+        killed.said + killed.output[-40:]
+    )
+    assert not killed.error, killed.error
+    assert killed.code == EXIT_MASTER_DIED, "\n".join(killed.said)
+    [died] = [line for line in killed.said if "the master died" in line]
+    assert "the master died before the run ended (exit code 137 (SIGKILL)): " in died, died
+    assert " files as of its last block, " in died, died
+    files = killed.files
+    for name in (*KILL_AFTER, "run_phases.csv", "run_phase_stats.json", "run_server.csv", "run_stats_history.csv"):
+        assert name in files, (name, sorted(files))
+    truth = json.loads(files["run_truth.json"])
+    assert truth["partial"].startswith("the run had not ended"), truth
+    phases = json.loads(files["run_phases.json"])
+    assert [p["phase"] for p in phases][-1] == KILL_IN and phases[-1]["end_unix"] is None, "the phase in force is open"
+    assert phases[0]["phase"] == "seed" and phases[-1]["users"] == USERS, phases[-1]
+    timeline = list(csv.DictReader(io.StringIO(files["run_timeline.csv"].decode())))
+    assert len(timeline) >= 5 and float(timeline[-1]["t_unix"]) > phases[0]["start_unix"], timeline[-1]
+    stats = csv.DictReader(io.StringIO(files["run_stats.csv"].decode()))
+    [total] = [row for row in stats if row["Name"] == "Aggregated"]
+    assert int(total["Request Count"]) > 0, total
+    server = json.loads(files["run_phase_stats.json"])["server"]
+    server_rows = list(csv.DictReader(io.StringIO(files["run_server.csv"].decode())))
+    # The master is not beside the server here: not observed, and the files say so (observed, they hold samples).
+    assert server_rows or server["note"].startswith("the server was not observed"), server
+    report = json.loads(files["run_report.json"])
+    assert report["unfinished"].startswith("This run did not end: its files stop at "), report["unfinished"]
+    assert f"into phase {KILL_IN}" in report["unfinished"]
+    assert [row["name"] for row in report["phases"]][-1] == KILL_IN, report["phases"]
+    assert b"This run did not end" in files["run_report.html"]
+    [said] = [line for line in killed.said if " report " in line]
+    assert said.endswith(report["unfinished"]), said
+    assert killed.workers_after == 0 and killed.master_after == "", "workers to zero, the interactive master back"
+    seconds_in = float(timeline[-1]["t_unix"]) - phases[0]["start_unix"]
+    print(f"killed run: master killed {killed.killed_after:.0f} s after k8s run started, {killed.blocks} blocks read; "
+          f"its files stop {seconds_in:.0f} s into the run, in phase {phases[-1]['phase']}, after "
+          f"{total['Request Count']} requests: {len(files)} files; "
+          f"k8s run took {killed.seconds:.0f} s; {report['unfinished']}")  # fmt: skip
 
 
 def test_the_accounts_passwords_come_from_the_secret_and_nowhere_else(played: Played) -> None:

@@ -28,7 +28,7 @@ import yaml
 from k8s_emulator import FORBIDDEN, TEST_AGENT, Controller, container_status, emulator, kubeconfig
 from schema_tools import REPO
 
-from xmpp_user.deploy.cluster import Cluster, DeployError, LogLine
+from xmpp_user.deploy.cluster import Cluster, DeployError, LogLine, MasterState
 from xmpp_user.deploy.run import Run, locust_arguments
 
 kubernetes = pytest.importorskip("kubernetes", reason="the k8s extra is missing: run  bash scripts/setup.sh")
@@ -220,9 +220,9 @@ def test_the_master_containers_state_is_read_from_its_pod(k8s: Emulator, namespa
             "spec": {"containers": [{"name": "master", "image": "locust-xmpp:0.1.0"}]},
             "status": {"phase": "Running", "containerStatuses": statuses}})  # fmt: skip
     cluster = Cluster(k8s.api, namespace)
-    assert cluster.container_running("running")
-    assert not cluster.container_running("ended")
-    assert not cluster.container_running("gone")
+    assert cluster.master_state("running") == MasterState(True, 0, "", final=False)
+    assert cluster.master_state("ended") == MasterState(False, 0, "Completed, exit code 0", final=False)
+    assert cluster.master_state("gone") == MasterState(False, 0, "its pod is gone", final=True)
 
 
 # ---- k8s run ----
@@ -414,8 +414,8 @@ class FakeCluster:
         for line in self.block:
             yield LogLine(("", ""), line)
 
-    def container_running(self, pod: str) -> bool:
-        return True
+    def master_state(self, pod: str) -> MasterState:
+        return MasterState(True)
 
 
 def test_ctrl_c_stops_the_run_collects_its_files_and_scales_to_zero(tmp_path: Path, monkeypatch: Any) -> None:
@@ -439,8 +439,8 @@ def test_a_master_that_ends_without_files_is_said(monkeypatch: Any) -> None:
         def log(self, pod: str, since_seconds: int | None = None) -> Iterator[LogLine]:
             yield LogLine(("", ""), "Traceback (most recent call last):")
 
-        def container_running(self, pod: str) -> bool:
-            return False
+        def master_state(self, pod: str) -> MasterState:
+            return MasterState(False, 0, "Error, exit code 1", final=True)
 
     run = Run(Ended([]), users=1, per_worker=1, timeout=5, output=None)  # type: ignore[arg-type]
     with pytest.raises(DeployError, match="the master pod master-pod ended without the run's files"):

@@ -1,5 +1,6 @@
 """The Kubernetes API as ``locust-xmpp k8s`` uses it, through the official client: the worker Deployment's scale
-and readiness, whether the namespace has room for more workers, the master's run annotation, its pod and log.
+and readiness, whether the namespace has room for more workers, the master's run annotation, its pod (running,
+started again, how it ended) and log.
 
 Every failure is a DeployError of one line: a missing Deployment, a right the Role lacks, a timeout with what
 became ready and why not, a cluster too small for the workers asked, a bad kubeconfig, an API out of reach.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +40,31 @@ MERGE_PATCH = "application/merge-patch+json"
 
 class DeployError(Exception):
     """An expected failure, said in one line."""
+
+
+@dataclass(frozen=True)
+class MasterState:
+    """The master container of a run's pod, as ``k8s run`` watches it while it follows the log."""
+
+    running: bool
+    restarts: int = 0
+    """Times the kubelet started it again (killed, out of memory, its liveness probe): the run died each time."""
+    ended: str = ""
+    """How it last ended, if it did ("OOMKilled, exit code 137 (SIGKILL)"), or how its pod did ("pod Evicted: ...",
+    "its pod is gone")."""
+    final: bool = False
+    """No container of the pod will run again: the pod is gone, being deleted, or has ended."""
+
+
+def exit_description(reason: str | None, code: int | None) -> str:
+    """How a container ended, in a few words: "OOMKilled, exit code 137 (SIGKILL)"."""
+    text = f"exit code {code}"
+    if code is not None and code > 128:
+        try:
+            text += f" ({signal.Signals(code - 128).name})"
+        except ValueError:
+            pass
+    return f"{reason}, {text}" if reason else text
 
 
 @dataclass(frozen=True)
@@ -274,21 +301,30 @@ class Cluster:
                 )
             time.sleep(min(self.poll, timeout - waited))
 
-    def container_running(self, pod: str) -> bool:
-        """Whether the master container of ``pod`` is running (False once it has ended or the pod is gone)."""
+    def master_state(self, pod: str) -> MasterState:
+        """The master container of ``pod``: running or not, started again or not, how it last ended."""
         try:
             found = self.core.read_namespaced_pod(pod, self.namespace, _request_timeout=REQUEST_TIMEOUT)
         except ApiException as exc:
             if exc.status == 404:
-                return False
+                return MasterState(False, ended="its pod is gone", final=True)
             raise self._api_error(f"pod {pod}", exc) from None
         except urllib3.exceptions.HTTPError as exc:
             raise DeployError(f"cannot reach the Kubernetes API at {self.api.configuration.host}: "
                               f"{_reason(exc)}") from None  # fmt: skip
-        for status in (found.status.container_statuses or []) if found.status else []:
-            if status.name == MASTER_CONTAINER:
-                return bool(status.state and status.state.running)
-        return (found.status.phase if found.status else None) == "Running"
+        status = found.status or client.V1PodStatus()
+        deleted = bool(found.metadata and found.metadata.deletion_timestamp)
+        final = deleted or status.phase in ("Succeeded", "Failed")
+        # The pod's own end (Evicted: the node ran short of memory or disk) says more than its container's.
+        ended = f"pod {status.reason}: {status.message}" if status.reason and status.message else status.reason or ""
+        for container in status.container_statuses or []:
+            if container.name == MASTER_CONTAINER:
+                state, last = container.state, container.last_state
+                terminated = (state.terminated if state else None) or (last.terminated if last else None)
+                if terminated and not ended:
+                    ended = exit_description(terminated.reason, terminated.exit_code)
+                return MasterState(bool(state and state.running), container.restart_count or 0, ended, final)
+        return MasterState(status.phase == "Running", 0, ended, final)
 
     def log(self, pod: str, since_seconds: int | None = None) -> Iterator[LogLine]:
         """The master container's log, followed until it ends, breaks or is silent for LOG_READ_TIMEOUT seconds."""

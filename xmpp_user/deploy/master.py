@@ -4,9 +4,11 @@ Without a run it is the interactive master, ``locust --master`` with its web UI 
 a password when its arguments say ``--web-login`` (``weblogin.py``).
 With one, given by ``locust-xmpp k8s run`` as the pod template's ``locust-xmpp/run`` annotation (here
 $LOCUST_XMPP_RUN, through the downward API), it runs Locust headless in RESULTS/RUN_ID, prints the files written
-there into the log (``transfer.py``), then becomes the interactive master: the pod stays up, so Kubernetes does
-not start the run again, and a restarted container finds the run's directory and prints its files again instead.
-SIGTERM stops the run as Ctrl+C does; the files are printed, and the process exits.
+there into the log as they are every so often while Locust runs, and once more when it has ended (``transfer.py``),
+then becomes the interactive master: the pod stays up, so Kubernetes does not start the run again. A container
+started again in the same pod (the last one was killed: out of memory, its liveness probe) finds the run's directory
+and prints its files instead, saying whether the run had ended. SIGTERM stops the run as Ctrl+C does; the files are
+printed, and the process exits.
 """
 
 from __future__ import annotations
@@ -24,8 +26,6 @@ from xmpp_user.deploy import transfer
 
 RUN_ENV = "LOCUST_XMPP_RUN"
 """The environment variable the master container gets the run annotation in."""
-EXIT_RESTARTED = 2
-"""The exit code said for a run whose master container restarted before Locust ended (Locust's code is lost)."""
 CSV_PREFIX = "run"
 """Locust's --csv prefix in the run's directory, unless the run's arguments name one."""
 
@@ -59,6 +59,17 @@ class RunSpec:
 
 def _has_option(args: tuple[str, ...] | list[str], *names: str) -> bool:
     return any(arg in names or arg.split("=", 1)[0] in names for arg in args)
+
+
+def csv_prefix(args: tuple[str, ...] | list[str]) -> str:
+    """The run's --csv prefix, relative to its directory: the last that its arguments give, else CSV_PREFIX."""
+    prefix = CSV_PREFIX
+    for n, arg in enumerate(args):
+        if arg == "--csv" and n + 1 < len(args):
+            prefix = args[n + 1]
+        elif arg.startswith("--csv="):
+            prefix = arg.split("=", 1)[1]
+    return prefix
 
 
 def _locust() -> str:
@@ -109,7 +120,25 @@ def _run(spec: RunSpec, directory: Path, base_args: list[str]) -> tuple[int, boo
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    return process.wait(), stopping
+    code = stream(process, spec.id, directory)
+    return code, stopping
+
+
+def stream(process: subprocess.Popen[bytes], run_id: str, directory: Path) -> int:
+    """Wait for Locust to end, printing the run's files as they are every so often (``transfer.next_wait``): what
+    ``k8s run`` brings back if this container dies before Locust ends. Locust's exit code."""
+    wait = transfer.STREAM_INTERVAL
+    while True:
+        try:
+            return process.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            written = transfer.write_lines(transfer.block(run_id, directory, None, going_on=True))
+        except OSError as exc:
+            _say(f"the files of run {run_id} could not be printed: {exc}")
+            written = 0
+        wait = transfer.next_wait(written)
 
 
 def main(results: Path, base_args: list[str]) -> int:
@@ -123,25 +152,25 @@ def main(results: Path, base_args: list[str]) -> int:
         _interactive(base_args)
     directory = results / spec.id
     exit_file = results / f".{spec.id}.exit-code"
+    code: int | None
     if directory.exists():
-        # The container was restarted (the pod, and its results volume, stay): the run is not started again.
-        code = int(exit_file.read_text()) if exit_file.exists() else EXIT_RESTARTED
+        # The container was started again (the pod, and its results volume, stay): the run is not started again.
+        code = int(exit_file.read_text()) if exit_file.exists() else None
         _say(
-            f"run {spec.id} was started before in this pod (its container restarted): not again"
-            + ("" if exit_file.exists() else "; its files are what it wrote until then")
+            f"run {spec.id} was started before in this pod (its container was started again): not again"
+            + ("" if code is not None else "; it did not end, and its files are what it wrote until then")
         )
         stopping = False
     else:
         directory.mkdir(parents=True)
         code, stopping = _run(spec, directory, base_args)
         exit_file.write_text(f"{code}\n")
-    for line in transfer.block(spec.id, directory, code):
-        print(line)
-    sys.stdout.flush()
-    if stopping:
+    transfer.write_lines(transfer.block(spec.id, directory, code))
+    if stopping and code is not None:  # stopped by SIGTERM: the pod ends
         return code
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    _say(f"run {spec.id} ended (locust exit code {code}); the interactive master takes over")
+    ended = f"ended (locust exit code {code})" if code is not None else "did not end"
+    _say(f"run {spec.id} {ended}; the interactive master takes over")
     _interactive(base_args)
-    return code  # not reached: the interactive master replaced this process
+    return 0  # not reached: the interactive master replaced this process
