@@ -19,11 +19,11 @@ import time
 
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 
-from xmpp_user.accounts import register_accounts
-from xmpp_user.client import XmppClient
 from xmpp_user.core import sasl
 from xmpp_user.core.stream import Credentials
 from xmpp_user.lab.lab import Lab, free_port
+from xmpp_user.scenario.accounts import register_accounts
+from xmpp_user.session.client import XmppClient
 
 
 def main() -> None:

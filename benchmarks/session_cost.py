@@ -28,7 +28,7 @@ from contextlib import ExitStack  # noqa: E402
 
 from gevent.pool import Pool  # noqa: E402
 
-from xmpp_user.client import XmppClient  # noqa: E402
+from xmpp_user.session.client import XmppClient  # noqa: E402
 
 BUDGET_SESSION_MS = 10.0
 BUDGET_IDLE_KIB = 30.0

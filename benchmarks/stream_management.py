@@ -7,7 +7,7 @@ For each mode the benchmark starts its own lab Prosody (memory storage: the room
 costs no disk I/O, so the CPU measured is routing and stream management, and a fresh server per
 mode starts from the same state), connects USERS anonymous users in batches with our XmppClient,
 all in this one gevent process, and joins them to one room. Once Prosody is idle again, users
-take turns sending marked groupchat messages (``xmpp_user.talk``) at RATE messages per second in
+take turns sending marked groupchat messages (``xmpp_user.scenario.talk``) at RATE messages per second in
 total, so that the room delivers about RATE x USERS stanzas per second, for DURATION seconds;
 then the benchmark waits up to DRAIN seconds for the deliveries still on their way. The default
 rate, 3 messages/s to 500 users (1,500 deliveries/s), is where on our 2-core machines the lab
@@ -51,12 +51,12 @@ from pathlib import Path  # noqa: E402
 import gevent  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from xmpp_user.client import XmppClient, XmppRequestFailed  # noqa: E402
 from xmpp_user.lab.lab import free_port, process_cpu_seconds, process_rss_bytes  # noqa: E402
 from xmpp_user.lab.prosody import ProsodyLab  # noqa: E402
-from xmpp_user.talk import DELIVERY, Talker  # noqa: E402
-from xmpp_user.transport import WebSocketTransport  # noqa: E402
-from xmpp_user.truth import Tally  # noqa: E402
+from xmpp_user.run.truth import Tally  # noqa: E402
+from xmpp_user.scenario.talk import DELIVERY, Talker  # noqa: E402
+from xmpp_user.session.client import XmppClient, XmppRequestFailed  # noqa: E402
+from xmpp_user.session.transport import WebSocketTransport  # noqa: E402
 
 ROOM = "smbench@muc.localhost"
 _TICKS = os.sysconf("SC_CLK_TCK")

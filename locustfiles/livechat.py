@@ -8,7 +8,7 @@ Reproduces the field test (shared notes, field-scenarios section 1) in named pha
     batch3-...                          the same without vCards and without MAM
 
 Each viewer publishes an avatar, then opens the chat as its client profile says (--client: the field
-test's bots by default, or Converse.js 14, or PeerTube's Converse; xmpp_user/profiles.py), and leaves
+test's bots by default, or Converse.js 14, or PeerTube's Converse; xmpp_user/scenario/profiles.py), and leaves
 cleanly or as a closed tab (--leave drop). Every request is awaited, so each has its latency; every
 message carries a truth marker, so deliveries, losses and duplicates are counted. Run it against the lab:
 
@@ -28,15 +28,17 @@ from typing import Any
 import gevent
 from locust import constant, events, task
 
-from xmpp_user import XmppUser, ghosts, outcome, phases
-from xmpp_user.client import Pending, XmppRequestFailed
-from xmpp_user.deviations import DEVIATIONS
+from xmpp_user import XmppUser
 from xmpp_user.features import vcard
-from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
-from xmpp_user.phases import Phase, PhasedShape, current_phase
-from xmpp_user.profiles import DEFAULT, PROFILES
-from xmpp_user.rooms import normalise
-from xmpp_user.talk import Talker
+from xmpp_user.run import outcome, phases
+from xmpp_user.run.deviations import DEVIATIONS
+from xmpp_user.run.options import non_negative, option_group, positive, require_non_negative, require_positive
+from xmpp_user.run.phases import Phase, PhasedShape, current_phase
+from xmpp_user.scenario import ghosts
+from xmpp_user.scenario.profiles import DEFAULT, PROFILES
+from xmpp_user.scenario.talk import Talker
+from xmpp_user.session.client import Pending, XmppRequestFailed
+from xmpp_user.session.rooms import normalise
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +91,7 @@ def _options(parser: Any) -> None:
     g.add_argument("--client", choices=tuple(PROFILES), default=DEFAULT,
                    help="The client the viewers emulate: seed-bots (the field test as written; the default), "
                         "converse-14 (Converse.js 14 as recorded in a browser), peertube-livechat (PeerTube's "
-                        "build of Converse); see xmpp_user/profiles.py")
+                        "build of Converse); see xmpp_user/scenario/profiles.py")
     g.add_argument("--leave", choices=("clean", "drop"), default="clean",
                    help="How viewers leave: clean (leave the room, close the stream; the default) or drop (the "
                         "connection drops, as when a browser tab closes: the server keeps a resumable session, "
@@ -127,7 +129,7 @@ class _RoomUser(XmppUser):
         super().on_start()
 
     def on_leave(self) -> None:
-        # Read up to the room's answer: every delivery due to this viewer comes before it (xmpp_user.truth).
+        # Read up to the room's answer: every delivery due to this viewer comes before it (xmpp_user.run.truth).
         self.talker.leave(self.room, self.patience)
 
 
@@ -161,7 +163,7 @@ class ArchiveSeeder(_RoomUser):
 
 
 class Viewer(_RoomUser):
-    """One livechat viewer: the client profile (--client, xmpp_user.profiles) opens the chat, then it talks."""
+    """One livechat viewer: the client profile (--client, xmpp_user.scenario.profiles) opens the chat, then it talks."""
 
     wait_time = constant(0.5)
     _counter = itertools.count()

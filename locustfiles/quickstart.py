@@ -10,7 +10,7 @@ from __future__ import annotations
 from locust import between, task
 
 from xmpp_user import XmppUser
-from xmpp_user.client import NO_VCARD
+from xmpp_user.session.client import NO_VCARD
 
 
 class QuickstartUser(XmppUser):

@@ -138,7 +138,7 @@ def lab_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-# ---- lab register: accounts on the lab's registered domain (xmpp_user.accounts) ----
+# ---- lab register: accounts on the lab's registered domain (xmpp_user.scenario.accounts) ----
 def lab_register(args: argparse.Namespace) -> int:
     url, domain = args.url, args.domain
     if url is None or domain is None:
@@ -150,7 +150,7 @@ def lab_register(args: argparse.Namespace) -> int:
     from gevent import monkey
 
     monkey.patch_all()
-    from xmpp_user.accounts import register_accounts
+    from xmpp_user.scenario.accounts import register_accounts
 
     pattern = args.prefix.replace("{", "{{").replace("}", "}}") + "{n}"
     try:
@@ -275,7 +275,7 @@ def fidelity_record(args: argparse.Namespace) -> int:
 
 def fidelity_compare(args: argparse.Namespace) -> int:
     from xmpp_user.fidelity import converse, run
-    from xmpp_user.profiles import PROFILES
+    from xmpp_user.scenario.profiles import PROFILES
 
     if args.client not in PROFILES:
         raise CliError(f"no client profile {args.client!r} (choose from {', '.join(PROFILES)})")

@@ -11,11 +11,12 @@ import gevent
 from locust import User, constant, events
 from locust.exception import StopUser
 
-from xmpp_user import observe, outcome, phases
-from xmpp_user import options as _options  # registers the command-line options
-from xmpp_user.client import XmppClient, XmppRequestFailed
+from xmpp_user import observe
 from xmpp_user.distribute import dispatch
 from xmpp_user.observe import timeline  # noqa: F401  (registers --xmpp-server-pid)
+from xmpp_user.run import options as _options  # registers the command-line options
+from xmpp_user.run import outcome, phases
+from xmpp_user.session.client import XmppClient, XmppRequestFailed
 
 log = logging.getLogger(__name__)
 

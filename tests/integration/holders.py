@@ -12,10 +12,11 @@ from typing import Any
 
 from locust import events, task
 
-from xmpp_user import XmppUser, phases
-from xmpp_user.batches import batch_phases
-from xmpp_user.options import option_group, positive, require_positive
-from xmpp_user.phases import Phase, PhasedShape
+from xmpp_user import XmppUser
+from xmpp_user.run import phases
+from xmpp_user.run.batches import batch_phases
+from xmpp_user.run.options import option_group, positive, require_positive
+from xmpp_user.run.phases import Phase, PhasedShape
 
 log = logging.getLogger(__name__)
 

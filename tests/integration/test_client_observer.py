@@ -20,12 +20,12 @@ import pytest
 import slixmpp
 from recorder import Recorder
 
-from xmpp_user.accounts import register_accounts
-from xmpp_user.client import XmppClient
 from xmpp_user.core.stanza import bare, resource
 from xmpp_user.core.stream import Credentials
-from xmpp_user.talk import Talker
-from xmpp_user.truth import Tally
+from xmpp_user.run.truth import Tally
+from xmpp_user.scenario.accounts import register_accounts
+from xmpp_user.scenario.talk import Talker
+from xmpp_user.session.client import XmppClient
 
 PASSWORD = "secret"
 BODY = "{jabber:client}body"

@@ -18,15 +18,15 @@ import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from recorder import Recorder
 
-from xmpp_user import requests
-from xmpp_user.accounts import register_accounts
-from xmpp_user.client import NICK_CLASHES, NO_VCARD, XmppClient, XmppRequestFailed
 from xmpp_user.core.stanza import bare
 from xmpp_user.core.stream import Credentials
 from xmpp_user.features import disco, mam
 from xmpp_user.features import vcard as vcard_feature
-from xmpp_user.requests import outstanding
-from xmpp_user.transport import WebSocketTransport
+from xmpp_user.scenario.accounts import register_accounts
+from xmpp_user.session import requests
+from xmpp_user.session.client import NICK_CLASHES, NO_VCARD, XmppClient, XmppRequestFailed
+from xmpp_user.session.requests import outstanding
+from xmpp_user.session.transport import WebSocketTransport
 
 PASSWORD = "secret"
 ACCOUNTS = [f"it-{n}" for n in range(3)]

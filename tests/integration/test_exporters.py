@@ -28,9 +28,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from runs import LIVECHAT_SMALL, Run, locust_command, room_name
 
-from xmpp_user.client import XmppClient
 from xmpp_user.lab.lab import Lab, free_port, port_open
 from xmpp_user.observe import names
+from xmpp_user.session.client import XmppClient
 
 REPO = Path(__file__).resolve().parents[2]
 SCRAPE_CONFIG = REPO / "dashboards" / "prometheus.yml"

@@ -15,9 +15,9 @@ import pytest
 from faults import FaultServer, TcpProxy, http_500, silent_http, websocket_answering
 from recorder import Recorder
 
-from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.stream import Credentials
 from xmpp_user.lab.lab import free_port
+from xmpp_user.session.client import XmppClient, XmppRequestFailed
 
 BILLION_LAUGHS = (
     "<!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;'>]><lolz>&lol2;</lolz>"

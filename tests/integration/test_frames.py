@@ -14,9 +14,9 @@ from faults import FaultServer, websocket_answering, websocket_streaming
 from recorder import Recorder
 from test_failures import assert_still_works, attempt
 
-from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
-from xmpp_user.transport import FrameTooLarge, TransportError, WebSocketTransport
+from xmpp_user.session.client import XmppClient, XmppRequestFailed
+from xmpp_user.session.transport import FrameTooLarge, TransportError, WebSocketTransport
 
 MIB = 1 << 20
 HUGE = 400 * MIB

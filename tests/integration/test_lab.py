@@ -19,7 +19,6 @@ import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from rawxmpp import RawSession, mechanisms, status_codes
 
-from xmpp_user.client import XmppClient
 from xmpp_user.core import sasl
 from xmpp_user.core.stanza import bare
 from xmpp_user.core.stream import Credentials
@@ -27,6 +26,7 @@ from xmpp_user.lab import ejabberd as ejabberd_module
 from xmpp_user.lab import lab as lab_module
 from xmpp_user.lab.lab import SERVERS, Lab, LabError, free_port
 from xmpp_user.lab.prosody import INSTALL_HINT
+from xmpp_user.session.client import XmppClient
 
 REPO = Path(__file__).resolve().parents[2]
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -31,8 +31,8 @@ from xml.etree.ElementTree import fromstring
 from locust import User, constant, events, task
 from locust.runners import WorkerRunner
 
-from xmpp_user import outcome, phases, truth
-from xmpp_user.phases import Phase, PhasedShape
+from xmpp_user.run import outcome, phases, truth
+from xmpp_user.run.phases import Phase, PhasedShape
 
 OUT = os.environ["PHASES_TEST_OUT"]
 ROOM: list[Chatter] = []

@@ -13,11 +13,11 @@ import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 from recorder import Recorder
 
-from xmpp_user.accounts import register_accounts
-from xmpp_user.client import XmppClient
 from xmpp_user.core import events as ev
 from xmpp_user.core.stream import Credentials, XmppStream
-from xmpp_user.transport import WebSocketTransport
+from xmpp_user.scenario.accounts import register_accounts
+from xmpp_user.session.client import XmppClient
+from xmpp_user.session.transport import WebSocketTransport
 
 PASSWORD = "sésame"  # not ASCII: SASLprep and UTF-8 on both sides
 ACCOUNT = "login-0"

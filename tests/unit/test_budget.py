@@ -9,10 +9,10 @@ from locust import User, constant, task
 from locust.env import Environment
 from locust.runners import WorkerNode
 
-from xmpp_user.deviations import Deviations
 from xmpp_user.distribute import dispatch
 from xmpp_user.distribute.budget import FILE_RESERVE, compute, workers_needed
 from xmpp_user.distribute.dispatch import BudgetDispatcher, _Budgets
+from xmpp_user.run.deviations import Deviations
 
 
 class _Viewer(User):

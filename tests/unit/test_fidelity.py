@@ -6,7 +6,7 @@ from xmpp_user.features import mam, muc
 from xmpp_user.features.caps import Capabilities
 from xmpp_user.fidelity import kinds
 from xmpp_user.fidelity.scene import compare
-from xmpp_user.profiles import CONVERSE
+from xmpp_user.scenario.profiles import CONVERSE
 
 
 def test_pipelined_requests_may_come_in_any_order() -> None:

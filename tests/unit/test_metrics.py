@@ -19,13 +19,14 @@ from locust.runners import STATE_MISSING, STATE_RUNNING, MasterRunner, WorkerNod
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from xmpp_user import observe, outcome, phases
-from xmpp_user.deviations import Deviations
+from xmpp_user import observe
 from xmpp_user.lab.procs import free_port
 from xmpp_user.observe import metrics, names
 from xmpp_user.observe.metrics import BUCKETS_MS, GeneratorCollector, histogram_buckets
-from xmpp_user.phases import Phase, PhasedShape
-from xmpp_user.truth import Tally
+from xmpp_user.run import outcome, phases
+from xmpp_user.run.deviations import Deviations
+from xmpp_user.run.phases import Phase, PhasedShape
+from xmpp_user.run.truth import Tally
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from xmpp_user import options
-from xmpp_user.transport import check_url
+from xmpp_user.run import options
+from xmpp_user.session.transport import check_url
 
 
 def make(**overrides):

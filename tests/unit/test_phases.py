@@ -16,9 +16,9 @@ from locust.env import Environment
 from locust.rpc import Message
 from locust.runners import MasterRunner, WorkerRunner
 
-from xmpp_user import phases
-from xmpp_user.deviations import Deviations
-from xmpp_user.phases import Phase, PhasedShape
+from xmpp_user.run import phases
+from xmpp_user.run.deviations import Deviations
+from xmpp_user.run.phases import Phase, PhasedShape
 
 T0 = 1_700_000_000.0
 
@@ -389,7 +389,7 @@ def test_worker_adopts_newer_phases_only(clock: _Clock) -> None:
 
 
 def test_batches_of_new_connections_with_their_logins_spread() -> None:
-    from xmpp_user.batches import batch_phases
+    from xmpp_user.run.batches import batch_phases
 
     options = argparse.Namespace(batch_size=100, batch_interval=10.0, batch_jitter=1.0)
     plan = batch_phases(options, 250, [_Quiet], {"talk": False})

@@ -12,9 +12,10 @@ from locust import User, constant, task
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from xmpp_user import outcome, requests, truth
-from xmpp_user.deviations import Deviations
-from xmpp_user.truth import TAG, Receiver, Sender, Tally
+from xmpp_user.run import outcome, truth
+from xmpp_user.run.deviations import Deviations
+from xmpp_user.run.truth import TAG, Receiver, Sender, Tally
+from xmpp_user.session import requests
 
 
 def _marker(sender: str, seq: int, ts: int = 1_000) -> Element:
@@ -287,7 +288,7 @@ def test_local_run_logs_writes_json_and_fails_the_exit_code_on_loss(tmp_path, ca
     env.events.test_start.fire(environment=env)
     tally.sent, tally.confirmed = 3, 3
     tally.expected["l.1.1|l"], tally.delivered["l.1.1|l"] = 9, 8
-    with caplog.at_level("INFO", logger="xmpp_user.outcome"):
+    with caplog.at_level("INFO", logger="xmpp_user.run.outcome"):
         deviations.note("no_room_vcard", "the room has no vCard")
         env.events.test_stop.fire(environment=env)
         env.events.quitting.fire(environment=env)

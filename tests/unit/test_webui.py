@@ -15,10 +15,11 @@ import pytest
 from locust import User, task
 from locust.env import Environment
 
-from xmpp_user import observe, outcome
-from xmpp_user.deviations import Deviations
+from xmpp_user import observe
 from xmpp_user.observe import timeline, webui
-from xmpp_user.truth import Tally
+from xmpp_user.run import outcome
+from xmpp_user.run.deviations import Deviations
+from xmpp_user.run.truth import Tally
 
 
 class IdleUser(User):

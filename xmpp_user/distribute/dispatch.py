@@ -27,11 +27,11 @@ from locust.dispatch import UsersDispatcher
 from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerNode, WorkerRunner
 
-from xmpp_user.deviations import DEVIATIONS
 from xmpp_user.distribute.budget import DEFAULT_USERS_PER_PROCESS, Budget, compute, raise_open_file_limit
-from xmpp_user.options import host_option, option_group, positive
-from xmpp_user.phases import PhasedShape
-from xmpp_user.transport import local_port_range
+from xmpp_user.run.deviations import DEVIATIONS
+from xmpp_user.run.options import host_option, option_group, positive
+from xmpp_user.run.phases import PhasedShape
+from xmpp_user.session.transport import local_port_range
 
 log = logging.getLogger(__name__)
 

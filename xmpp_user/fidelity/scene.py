@@ -3,7 +3,7 @@
 ``populated_room`` fills a new lab room: ``OCCUPANTS`` anonymous occupants, each with an avatar in its vCard
 and its hash in its presence (as livechat viewers have), the first ``AUTHORS`` of them having posted
 ``MESSAGES`` messages to the archive. The real client (``converse.record``) or an emulated viewer
-(``record_profile``, a client profile of xmpp_user.profiles driven outside Locust) then joins as ``NICK``,
+(``record_profile``, a client profile of xmpp_user.scenario.profiles driven outside Locust) then joins as ``NICK``,
 and ``compare`` tells how the two sequences of request kinds differ beyond the tolerances:
 
 - ``sm:r`` and ``sm:a`` are left out: how many depends on the timing of the answers;
@@ -29,11 +29,11 @@ from typing import Any
 
 import gevent
 
-from xmpp_user.client import Pending, XmppClient
 from xmpp_user.features import vcard
 from xmpp_user.fidelity import kinds
-from xmpp_user.profiles import PROFILES
-from xmpp_user.transport import WebSocketTransport
+from xmpp_user.scenario.profiles import PROFILES
+from xmpp_user.session.client import Pending, XmppClient
+from xmpp_user.session.transport import WebSocketTransport
 
 OCCUPANTS = 30
 AUTHORS = 10

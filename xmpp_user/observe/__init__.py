@@ -27,7 +27,7 @@ from typing import Any
 from locust import events
 
 from xmpp_user.observe.names import GENERATOR_PORT
-from xmpp_user.options import non_negative, option_group
+from xmpp_user.run.options import non_negative, option_group
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from xmpp_user import outcome, phases
-from xmpp_user.connection import ready_count
 from xmpp_user.observe import names
+from xmpp_user.run import outcome, phases
+from xmpp_user.session.connection import ready_count
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ from locust import events
 from locust.env import Environment
 from locust.runners import LocalRunner, MasterRunner, WorkerRunner
 
-from xmpp_user import outcome, phases
 from xmpp_user.lab.procs import process_cpu_seconds, process_rss_bytes
 from xmpp_user.observe.model import (
     TRUTH_KEYS,
@@ -50,7 +49,8 @@ from xmpp_user.observe.model import (
     write_server,
     write_timeline,
 )
-from xmpp_user.options import option_group, positive
+from xmpp_user.run import outcome, phases
+from xmpp_user.run.options import option_group, positive
 
 log = logging.getLogger(__name__)
 

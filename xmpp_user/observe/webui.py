@@ -28,7 +28,7 @@ from typing import Any
 from flask import Response, request, send_file
 from locust.env import Environment
 
-from xmpp_user import outcome, phases
+from xmpp_user.run import outcome, phases
 
 ROUTE = "/xmpp/status"
 """Web UI route serving ``status()`` as JSON."""

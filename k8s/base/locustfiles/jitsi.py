@@ -25,11 +25,12 @@ from xml.etree.ElementTree import Element
 
 from locust import events, task
 
-from xmpp_user import XmppUser, phases
-from xmpp_user.batches import batch_phases
+from xmpp_user import XmppUser
 from xmpp_user.features import jitsi
-from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
-from xmpp_user.phases import Phase, PhasedShape, current_phase
+from xmpp_user.run import phases
+from xmpp_user.run.batches import batch_phases
+from xmpp_user.run.options import non_negative, option_group, positive, require_non_negative, require_positive
+from xmpp_user.run.phases import Phase, PhasedShape, current_phase
 
 log = logging.getLogger(__name__)
 

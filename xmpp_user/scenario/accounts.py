@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from gevent.pool import Pool
 
-from xmpp_user.client import XmppClient, XmppRequestFailed
 from xmpp_user.core.stream import Credentials
+from xmpp_user.session.client import XmppClient, XmppRequestFailed
 
 
 def register_accounts(

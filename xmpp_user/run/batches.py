@@ -15,8 +15,8 @@ from typing import Any
 
 from locust import User, events
 
-from xmpp_user.options import non_negative, option_group, positive, require_non_negative, require_positive
-from xmpp_user.phases import LOGIN_JITTER, Phase
+from xmpp_user.run.options import non_negative, option_group, positive, require_non_negative, require_positive
+from xmpp_user.run.phases import LOGIN_JITTER, Phase
 
 JITTER = LOGIN_JITTER
 

@@ -41,7 +41,7 @@ Lost, unexpected and unverified never cancel each other.
 
 All counts live in a ``Tally``: integers and dicts that merge by addition or union, so a worker can
 ship its counts as deltas and the master can sum them. This module does no I/O and knows nothing
-of Locust; ``xmpp_user.talk`` applies these rules to a client's stanzas and ``xmpp_user.outcome``
+of Locust; ``xmpp_user.scenario.talk`` applies these rules to a client's stanzas and ``xmpp_user.run.outcome``
 wires the process tally into a Locust run.
 
 Latencies compare the sender's and the receiver's wall clocks: they are exact on one host

@@ -8,12 +8,12 @@ from xml.etree.ElementTree import Element
 
 from gevent.event import AsyncResult
 
-from xmpp_user.client import Pending, XmppClient, XmppRequestFailed
 from xmpp_user.core import ns
 from xmpp_user.core.stanza import bare
-from xmpp_user.requests import REQUEST_TYPE
-from xmpp_user.rooms import Room, normalise_or_same
-from xmpp_user.truth import TAG, TALLY, Receiver, Sender, Tally, member_element, member_of, new_member
+from xmpp_user.run.truth import TAG, TALLY, Receiver, Sender, Tally, member_element, member_of, new_member
+from xmpp_user.session.client import Pending, XmppClient, XmppRequestFailed
+from xmpp_user.session.requests import REQUEST_TYPE
+from xmpp_user.session.rooms import Room, normalise_or_same
 
 DELIVERY = "message_delivery"
 """Request name of a delivery: latency from the sender's send to this receiver's receipt."""
@@ -23,7 +23,7 @@ _DELAY = ns.clark(ns.DELAY, "delay")
 
 class Talker:
     """Joins rooms as a truth member, sends marked groupchat messages for one user and checks
-    the marked ones it receives, by the rules of ``xmpp_user.truth``.
+    the marked ones it receives, by the rules of ``xmpp_user.run.truth``.
 
     The truth follows the stanzas, not the requests: a message is confirmed by its reflection
     whenever it comes (a ``message`` request that timed out, or that ``cancel_all`` cancelled, still

@@ -40,11 +40,12 @@ from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
 from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
 
-from xmpp_user import phases, requests
-from xmpp_user.connection import ready_count
-from xmpp_user.deviations import DEVIATIONS, Deviations
-from xmpp_user.requests import outstanding
-from xmpp_user.truth import TALLY, Tally
+from xmpp_user.run import phases
+from xmpp_user.run.deviations import DEVIATIONS, Deviations
+from xmpp_user.run.truth import TALLY, Tally
+from xmpp_user.session import requests
+from xmpp_user.session.connection import ready_count
+from xmpp_user.session.requests import outstanding
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ ROUTE = "/xmpp/truth"
 """Web UI route serving ``summary()`` as JSON."""
 MEMBER_COLUMNS = ("member", "group", "expected", "delivered", "state")
 """Columns of ``PREFIX_truth_members.csv``: each receiving member's deliveries from each sending worker, and
-how the member's time in the room ended (left, broken, missing: see ``xmpp_user.truth``)."""
+how the member's time in the room ended (left, broken, missing: see ``xmpp_user.run.truth``)."""
 FLUSH_INTERVAL = 5.0
 """Seconds between two writes of the truth so far while a run goes on."""
 PARTIAL = "the run had not ended when this was written: deliveries still in flight were not judged"

@@ -51,7 +51,7 @@ from locust import LoadTestShape
 from locust.env import Environment
 from locust.runners import STATE_SPAWNING, MasterRunner, WorkerRunner
 
-from xmpp_user.deviations import DEVIATIONS
+from xmpp_user.run.deviations import DEVIATIONS
 
 if TYPE_CHECKING:
     from locust import User
@@ -96,7 +96,7 @@ settle_checks: list[Callable[[float], str | None]] = []
 """Called, while a phase with ``settle`` waits, with the Unix time its planned duration ended: each returns
 None once its part of the run is quiet since then, or why not yet ("12 replies outstanding")."""
 connected_sessions: Callable[[], int | None] | None = None
-"""How many sessions are really open now across the run (set by ``xmpp_user.outcome``); sampled at
+"""How many sessions are really open now across the run (set by ``xmpp_user.run.outcome``); sampled at
 every tick into each phase's ``connected_min`` and ``connected_max``, beside its planned ``users``."""
 
 _EPOCH = time.time()

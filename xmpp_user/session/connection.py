@@ -35,8 +35,8 @@ from gevent.event import Event
 from xmpp_user.core import events as ev
 from xmpp_user.core.errors import ProtocolError
 from xmpp_user.core.stream import XmppStream
-from xmpp_user.requests import Pending, Requests, XmppRequestFailed
-from xmpp_user.transport import ProtocolViolation, TransportError, WebSocketTransport
+from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed
+from xmpp_user.session.transport import ProtocolViolation, TransportError, WebSocketTransport
 
 log = logging.getLogger(__name__)
 

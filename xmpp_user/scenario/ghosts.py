@@ -20,9 +20,9 @@ from xml.etree.ElementTree import Element
 
 from gevent.lock import Semaphore
 
-from xmpp_user.client import REQUEST_TYPE, XmppClient, XmppRequestFailed
 from xmpp_user.core.stanza import bare, resource
-from xmpp_user.deviations import DEVIATIONS
+from xmpp_user.run.deviations import DEVIATIONS
+from xmpp_user.session.client import REQUEST_TYPE, XmppClient, XmppRequestFailed
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ _outstanding = 0
 
 on_late_reply: list[Callable[[], None]] = []
 """Called once for each late reply (a reply to a request already failed for no reply in time): the run's
-accounting (``xmpp_user.outcome``) says it as the deviation ``late_replies``."""
+accounting (``xmpp_user.run.outcome``) says it as the deviation ``late_replies``."""
 
 
 def outstanding() -> int:

@@ -21,12 +21,12 @@ import time
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from xmpp_user.client import NO_VCARD, Pending
 from xmpp_user.core import ns
 from xmpp_user.core.stanza import bare, resource
 from xmpp_user.features import blocking, disco, pep
 from xmpp_user.features.caps import Capabilities
 from xmpp_user.features.disco import RESERVED_NICK_NODE
+from xmpp_user.session.client import NO_VCARD, Pending
 
 NOT_OFFERED = ("service-unavailable", "feature-not-implemented")
 """Error conditions by which a server says it does not offer a feature (carbons, a room archive)."""

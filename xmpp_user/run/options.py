@@ -16,8 +16,8 @@ from locust import events
 from locust.runners import WorkerRunner
 
 from xmpp_user.core.stream import Credentials
-from xmpp_user.rooms import normalise
-from xmpp_user.transport import check_url
+from xmpp_user.session.rooms import normalise
+from xmpp_user.session.transport import check_url
 
 AUTH_MODES = {
     "anonymous": "ANONYMOUS",

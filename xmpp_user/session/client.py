@@ -3,10 +3,10 @@
 Every round trip is reported through a Locust-style ``request`` event hook when its reply
 arrives (as ``locust.contrib.mqtt`` does): the reader greenlet matches the reply to the request
 by IQ id, MUC room, message id or MAM query id, and fires the event with the time since the
-request was queued (``xmpp_user.requests``). Requests can be waited for one at a time or
+request was queued (``xmpp_user.session.requests``). Requests can be waited for one at a time or
 pipelined (``wait=False``, then ``wait_all``), the way a browser client fires its start-up
 queries. Whether a request may go out at all is the connection's business
-(``xmpp_user.connection``): a user whose connection is gone fails at once.
+(``xmpp_user.session.connection``): a user whose connection is gone fails at once.
 
 Failures are fired as events too, then raised as ``XmppRequestFailed``: a subclass of
 Locust's ``RescheduleTask``, so a failed request ends the current task quietly (it is
@@ -23,14 +23,14 @@ from xml.etree.ElementTree import Element
 
 import gevent
 
-from xmpp_user.connection import Connection
 from xmpp_user.core import events as ev
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
 from xmpp_user.core.stanza import resource, stanza_error
 from xmpp_user.core.stream import Credentials, XmppStream
 from xmpp_user.features import carbons, disco, mam, muc, ping, roster, vcard
-from xmpp_user.requests import REQUEST_TYPE, Pending, Requests, XmppRequestFailed
-from xmpp_user.rooms import Room, RoomTable, normalise
+from xmpp_user.session.connection import Connection
+from xmpp_user.session.requests import REQUEST_TYPE, Pending, Requests, XmppRequestFailed
+from xmpp_user.session.rooms import Room, RoomTable, normalise
 
 log = logging.getLogger(__name__)
 
