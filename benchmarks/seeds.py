@@ -179,7 +179,7 @@ def print_table(found: dict[str, dict[str, Any]]) -> None:
             for key, c in conclusions(run).items():
                 print(f"- {key}\n  seed: {SEED_FINDINGS.get(key, '-')}\n  ours: {c['text']}")
             truth = run.get("truth") or {}
-            if truth:
+            if truth.get("sent"):  # a run without messages (Jitsi) has no truth to show
                 print("- truth: " + " ".join(f"{k}={v}" for k, v in truth.items() if k != "deviations"))
                 print("  deviations: " + "; ".join(f"{k} x{v['count']}" for k, v in truth["deviations"].items()))
             seen = run.get("observers")
