@@ -153,7 +153,7 @@ def test_a_run_prints_its_files_then_the_interactive_master_takes_over(lab: Lab,
 
     # A restarted container (same pod, same results volume) does not start the run again: it prints its files.
     with started(command, _environment(spec), tmp_path) as (_again, again):
-        again.wait_for(f"run {spec.id} was started before in this pod (its container restarted): not again")
+        again.wait_for(f"run {spec.id} was started before in this pod (its container was started again): not again")
         again.wait_for("the interactive master takes over")
     assert again.files(spec.id) == (0, files)
 
