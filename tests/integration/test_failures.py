@@ -17,6 +17,7 @@ from recorder import Recorder
 
 from xmpp_user.core.stream import Credentials
 from xmpp_user.lab.lab import free_port
+from xmpp_user.session import requests
 from xmpp_user.session.client import XmppClient, XmppRequestFailed
 
 BILLION_LAUGHS = (
@@ -236,3 +237,22 @@ def test_dead_link_mid_session(lab) -> None:
         assert time.monotonic() - started < 3
     assert events.failures == [("ping", "no reply within 0.5 s")]
     assert_still_works(lab)
+
+
+def test_a_negotiation_that_finishes_late_is_a_late_reply(lab) -> None:
+    """A server too slow to answer the stream's opening within the timeout: the negotiation is a recorded failure
+    (no step of it was asked yet), and when it finishes within the patience that is a late reply, as for any
+    request answered late (the run says ``late_replies``); it once was a failure the server never answered."""
+    late = []
+    with TcpProxy(("127.0.0.1", lab.http_port), delay=0.6) as proxy:  # every chunk each way 0.6 s late
+        events = Recorder()
+        client = XmppClient(proxy.url, lab.domain, request_event=events, timeout=1, patience=20)
+        requests.on_late_reply.append(lambda: late.append(1))
+        try:
+            client.connect()
+        finally:
+            requests.on_late_reply.pop()
+        assert client.connected
+        client.close()
+    assert events.failures == [("stream", "negotiation did not finish within 1 s")]
+    assert late == [1]

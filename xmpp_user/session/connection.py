@@ -35,7 +35,7 @@ from gevent.event import Event
 from xmpp_user.core import events as ev
 from xmpp_user.core.errors import ProtocolError
 from xmpp_user.core.stream import XmppStream
-from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed
+from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed, late_reply
 from xmpp_user.session.transport import ProtocolViolation, TransportError, WebSocketTransport
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class Connection:
                 self.requests.record("stream", reason)
             if not self._settled.wait(self.patience):
                 self._end(reason, record=False)
+            elif not steps:
+                late_reply()  # the server did answer the stream: late (steps answered late say so themselves)
         if self.redirect and self.life is not Life.READY:
             self.abort()
             return self.redirect

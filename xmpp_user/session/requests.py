@@ -98,6 +98,12 @@ class Pending:
             self._forget = None
 
 
+def late_reply() -> None:
+    """The server answered something already recorded as failed for want of a reply in time."""
+    for hook in on_late_reply:
+        hook()
+
+
 class Requests:
     """The requests of one client, and the event hook they report to."""
 
@@ -199,8 +205,7 @@ class Requests:
         pending.element = element
         pending.error = error
         pending.refused = error is not None
-        for hook in on_late_reply:
-            hook()
+        late_reply()
         _wake(pending)
 
     def cancel(self, pending: Pending) -> None:
