@@ -77,6 +77,9 @@ LOCUST_ARGS = [
     "--seed-wait", "1", "--talk-delay", "2", "--talk-interval", "10", "--talk-duration", "10", "--settle", "10",
     "--ghost-wait", "0", "--xmpp-auth", "scram", "--xmpp-domain", "reg.localhost",
     "--xmpp-credentials", "/etc/locust-xmpp-accounts/credentials.csv",
+    # What is tested is the way through the pods, not how fast the Prosody pod answers: on a 2-core machine
+    # that runs other tests beside this one, logins took up to 10 s (connect and bind failed at the default).
+    "--xmpp-timeout", "30",
 ]  # fmt: skip
 
 

@@ -83,7 +83,9 @@ def started(command: list[str], env: dict[str, str], cwd: Path) -> Iterator[tupl
 def _master(results: Path, master_port: int, web_port: int) -> list[str]:
     return [str(BIN / "locust-xmpp"), "k8s", "master", "--results", str(results), "--",
             "--config", str(REPO / "k8s" / "base" / "locust.conf"), "--master-bind-host", "127.0.0.1",
-            "--master-bind-port", str(master_port), "--web-host", "127.0.0.1", "--web-port", str(web_port)]  # fmt: skip
+            "--master-bind-port", str(master_port), "--web-host", "127.0.0.1", "--web-port", str(web_port),
+            # Not the config's fixed 9646: another test process's master may hold it.
+            "--xmpp-metrics-port", str(free_port())]  # fmt: skip
 
 
 def _environment(spec: RunSpec) -> dict[str, str]:

@@ -27,6 +27,8 @@ from PIL import Image
 from room_observer import RoomObserver, verify
 from runs import LIVECHAT_SMALL, SEED, Run, Started, assert_phases_in_order, locust_command, read_archive, room_name
 
+pytestmark = pytest.mark.heavy
+
 VIEWERS = 40
 """Enough viewers per batch that the avatars' O(n²) cost stands clear of the lab server's noise."""
 
@@ -136,7 +138,10 @@ def test_the_field_test_scaled_down_on_a_server_that_falls_behind(
     # others), and the server answered every one of them.
     assert code == 1, result.tail()
     errors = result.errors
-    assert errors and {e["Error"] for e in errors} == {f"XmppRequestFailed('no reply within {TIMEOUT:g} s')"}, errors
+    no_reply = f"XmppRequestFailed('no reply within {TIMEOUT:g} s')"
+    slow_stream = f"XmppRequestFailed('negotiation did not finish within {TIMEOUT:g} s')"  # a login in a stall
+    kinds = {e["Error"] for e in errors}
+    assert no_reply in kinds and kinds <= {no_reply, slow_stream}, errors
     assert {"message", "muc_leave"} <= {e["Name"] for e in errors}, errors
     failed = sum(int(e["Occurrences"]) for e in errors)
     assert failed == result.failures and truth["deviations"]["late_replies"]["count"] == failed, truth
