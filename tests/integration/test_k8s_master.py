@@ -46,10 +46,12 @@ class Output:
                 self.lines.append(line.rstrip("\n"))
                 self._changed.notify_all()
 
-    def wait_for(self, text: str, timeout: float = WAIT) -> None:
+    def wait_for(self, *texts: str, timeout: float = WAIT) -> None:
+        """Until a line holds one of ``texts``."""
         deadline = time.monotonic() + timeout
+        text = " or ".join(texts)
         with self._changed:
-            while not any(text in line for line in self.lines):
+            while not any(t in line for line in self.lines for t in texts):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     tail = "\n".join(self.lines[-30:])
@@ -167,7 +169,9 @@ def test_sigterm_stops_the_run_which_still_prints_its_files(lab: Lab, tmp_path: 
     command = _master(tmp_path / "results", master_port, web_port)
     with started(command, _environment(spec), tmp_path) as (master, output):
         with started(_worker(master_port), {}, tmp_path):
-            output.wait_for("All users spawned")
+            # Locust's master says "All users spawned", or, when the worker's report comes later than it waits
+            # for (a busy machine), "Spawning is complete and report waittime is expired".
+            output.wait_for("Spawning is complete", "All users spawned")
             time.sleep(2)
             master.send_signal(signal.SIGTERM)
             code = master.wait(WAIT)

@@ -85,7 +85,8 @@ def test_requests_in_flight_when_users_stop_are_not_failures(lab, tmp_path: Path
     with TcpProxy(("127.0.0.1", lab.http_port), delay=0.2) as proxy:
         prefix = tmp_path / "slow"
         cmd = locust_command(
-            "quickstart.py", "--headless", "-u", "4", "-r", "4", "-t", "6s", "--host", proxy.url,
+            # 6 s once left no time for a message on a busy machine: the login takes a dozen slow round trips.
+            "quickstart.py", "--headless", "-u", "4", "-r", "4", "-t", "12s", "--host", proxy.url,
             "--xmpp-room", room_name("slow"), "--csv", str(prefix), "--only-summary",
         )  # fmt: skip
         run = Started(cmd, tmp_path / "slow.log")
