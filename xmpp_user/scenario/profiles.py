@@ -18,6 +18,7 @@ switches: ``vcards``, ``mam``, ``carbons``, ``disco`` (a batch without vCards as
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -180,7 +181,7 @@ class Converse14(Profile):
 
     def configure(self) -> None:
         x = self.x
-        x.sm_resume, x.ack_every, x.legacy_session = True, self.ack_every, True
+        x.stream_settings = replace(x.stream_settings, sm_resume=True, ack_every=self.ack_every, legacy_session=True)
         x.on_presence.append(self._presence)
         x.on_iq_request = self._iq_request
 

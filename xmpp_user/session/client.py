@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 from xml.etree.ElementTree import Element
 
@@ -26,9 +28,9 @@ import gevent
 from xmpp_user.core import events as ev
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
 from xmpp_user.core.stanza import resource, stanza_error
-from xmpp_user.core.stream import Credentials, XmppStream
+from xmpp_user.core.stream import Credentials, StreamSettings, XmppStream
 from xmpp_user.features import carbons, disco, mam, muc, ping, roster, vcard
-from xmpp_user.session.connection import Connection
+from xmpp_user.session.connection import Connection, ConnectionSettings
 from xmpp_user.session.requests import REQUEST_TYPE, Pending, Requests, XmppRequestFailed
 from xmpp_user.session.rooms import Room, RoomTable, normalise
 
@@ -48,7 +50,38 @@ _MAX_REDIRECTS = 3
 __all__ = ["NO_VCARD", "REQUEST_TYPE", "Pending", "Room", "XmppClient", "XmppRequestFailed"]
 
 
+class _Setting:
+    """A field of one of the client's frozen settings, read and set as the client's own attribute (the keyword
+    arguments and attributes of earlier releases): setting it replaces the settings object whole."""
+
+    def __init__(self, path: str) -> None:
+        self._settings = attrgetter(path)
+        self._holder, _, self._attr = path.rpartition(".")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        return self if client is None else getattr(self._settings(client), self.name)
+
+    def __set__(self, client: Any, value: Any) -> None:
+        holder = attrgetter(self._holder)(client) if self._holder else client
+        setattr(holder, self._attr, replace(getattr(holder, self._attr), **{self.name: value}))
+
+
 class XmppClient:
+    # The settings as attributes, as earlier releases had them: reading one reads the settings, setting one
+    # replaces them (a stream setting takes effect at the next connect).
+    resource = _Setting("stream_settings")
+    stream_management = _Setting("stream_settings")
+    sm_resume = _Setting("stream_settings")
+    ack_every = _Setting("stream_settings")
+    legacy_session = _Setting("stream_settings")
+    register = _Setting("stream_settings")
+    max_frame = _Setting("stream_settings")
+    timeout = _Setting("connection.settings")
+    patience = _Setting("connection.settings")
+
     def __init__(
         self,
         url: str,
@@ -69,36 +102,18 @@ class XmppClient:
         self.url = url
         self.domain = domain
         self.credentials = credentials or Credentials()
-        self.timeout = timeout
-        """Seconds to wait for any reply before the request counts as failed."""
-        self.patience = patience
-        """Seconds ``wait`` and ``wait_all`` go on waiting for a request that timed out (recorded as failed): a
-        late reply then lets the caller carry on, as a browser client waits out a slow server."""
-        self.resource = resource
-        self.stream_management = stream_management
-        self.sm_resume = False
-        """Ask for a resumable session: a dropped connection then leaves it on the server for a while."""
-        self.ack_every = 0
-        """Request a stream management ack after every this many stanzas (0: never)."""
-        self.legacy_session = False
-        """Send the legacy session IQ after binding."""
-        self.register = register
-        self.max_frame = max_frame
-        """Longest frame accepted: refused by the transport from its header, and by the core."""
+        self.stream_settings = StreamSettings(
+            resource=resource, stream_management=stream_management, register=register, max_frame=max_frame
+        )
+        """What each new session's stream negotiates (``dataclasses.replace`` it before ``connect``)."""
         self.mechanism = ""
         """The SASL mechanism the last session authenticated with."""
         self.requests = Requests(request_event)
-        self.connection = Connection(
-            self.requests,
-            self._on_event,
-            self._on_session_end,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            verify_tls=verify_tls,
-            source_address=source_address,
-            max_frame=max_frame,
+        settings = ConnectionSettings(
+            timeout=timeout, connect_timeout=connect_timeout, verify_tls=verify_tls, source_address=source_address,
             patience=patience,
-        )
+        )  # fmt: skip
+        self.connection = Connection(self.requests, self._on_event, self._on_session_end, settings)
         self.on_message: list[Callable[[Element], None]] = []
         """Called with each live message (not archive results) once its waiter, if any, is served."""
         self.on_presence: list[Callable[[Element], None]] = []
@@ -135,17 +150,7 @@ class XmppClient:
         """Open the WebSocket, authenticate and bind; fires connect, auth and bind."""
         url = self.url
         for _ in range(_MAX_REDIRECTS + 1):
-            stream = XmppStream(
-                self.domain,
-                self.credentials,
-                resource=self.resource,
-                stream_management=self.stream_management,
-                sm_resume=self.sm_resume,
-                ack_every=self.ack_every,
-                legacy_session=self.legacy_session,
-                register=self.register,
-                max_frame=self.max_frame,
-            )
+            stream = XmppStream(self.domain, self.credentials, self.stream_settings)
             self.rooms.clear()
             redirect = self.connection.open(url, stream)
             if not redirect:

@@ -28,6 +28,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
@@ -56,31 +57,36 @@ def ready_count() -> int:
     return _ready_count
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How a connection opens its sessions and how long it waits: fixed for the connection's life. (What the
+    stream negotiates, the longest frame accepted included, comes with each stream: ``StreamSettings``.)"""
+
+    timeout: float = 10.0
+    """Seconds to wait for any reply (the negotiation's steps included) before it counts as failed."""
+    connect_timeout: float = 10.0
+    """Seconds to open the WebSocket."""
+    verify_tls: bool = True
+    source_address: str | None = None
+    """The local address to connect from (None: the system's choice)."""
+    patience: float = 0.0
+    """Seconds a request that timed out (recorded as failed) is still awaited: a late reply then lets the
+    caller carry on, as a browser client waits out a slow server."""
+
+
 class Connection:
     def __init__(
         self,
         requests: Requests,
         on_event: Callable[[ev.Event], None],
         on_end: Callable[[bool], None],
-        *,
-        timeout: float,
-        connect_timeout: float,
-        verify_tls: bool,
-        source_address: str | None,
-        max_frame: int,
-        patience: float = 0.0,
+        settings: ConnectionSettings,
     ) -> None:
         self.requests = requests
         self._on_event = on_event
         self._on_end = on_end
         """Called once per session when it ends: True if we ended it, False if it broke."""
-        self.timeout = timeout
-        self.patience = patience
-        """Seconds a negotiation that did not finish within the timeout (recorded) may still take."""
-        self.connect_timeout = connect_timeout
-        self.verify_tls = verify_tls
-        self.source_address = source_address
-        self.max_frame = max_frame
+        self.settings = settings
         self._life = Life.CLOSED
         self.last_error = ""
         """Why the last session ended or could not start; empty after a clean close."""
@@ -141,8 +147,9 @@ class Connection:
         self._ended = False
         connect = Pending("connect")
         try:
+            settings = self.settings
             transport = WebSocketTransport.open(
-                url, self.connect_timeout, self.verify_tls, self.source_address, self.max_frame
+                url, settings.connect_timeout, settings.verify_tls, settings.source_address, stream.settings.max_frame
             )
         except TransportError as exc:
             self.requests.fail(connect, str(exc))
@@ -153,15 +160,16 @@ class Connection:
         stream.start()
         self.flush()
         self._reader = gevent.spawn(self._read_loop, transport, stream)
-        if not self._settled.wait(self.timeout):
+        timeout = self.settings.timeout
+        if not self._settled.wait(timeout):
             # Recorded as failed now; with patience the negotiation may still finish late (a slow server).
-            reason = f"negotiation did not finish within {self.timeout:g} s"
+            reason = f"negotiation did not finish within {timeout:g} s"
             steps = [step for step in self.requests.negotiation.values() if not step.done]
             for step in steps:
-                self.requests.time_out(step, self.timeout)
+                self.requests.time_out(step, timeout)
             if not steps:
                 self.requests.record("stream", reason)
-            if not self._settled.wait(self.patience):
+            if not self._settled.wait(self.settings.patience):
                 self._end(reason, record=False)
         if self.redirect and self.life is not Life.READY:
             self.abort()
