@@ -262,17 +262,16 @@ class Converse14(Profile):
             self.track(x.vcard(wait=False, accept=NO_VCARD))
 
     def _iq_request(self, iq: Element) -> bool:
-        stream = self.x.connection.stream
-        if stream is None or not CONVERSE.answers(iq):
+        if not CONVERSE.answers(iq):
             return False
         query = iq.find(ns.clark(ns.DISCO_INFO, "query"))
-        stream.reply_result(iq, CONVERSE.disco_info(query.get("node", "") if query is not None else ""))
+        self.x.reply_result(iq, CONVERSE.disco_info(query.get("node", "") if query is not None else ""))
         return True
 
     def idle(self) -> None:
         x = self.x
         now = time.monotonic()
-        quiet = now - max(x.connection.received_at, self.last_ping)
+        quiet = now - max(x.last_received, self.last_ping)
         if x.connected and quiet >= self.keepalive:
             self.last_ping = now
             self.track(x.ping(wait=False))

@@ -183,6 +183,20 @@ class XmppClient:
         self.connection.require_ready().send(stanza)
         self.connection.flush()
 
+    @property
+    def last_received(self) -> float:
+        """``time.monotonic()`` when the last frame arrived (0.0: none yet): a client pings after a silence."""
+        return self.connection.received_at
+
+    def reply_result(self, request: Element, payload: str = "") -> None:
+        """Answer an IQ request (see ``on_iq_request``) with a result: from ``on_iq_request`` it leaves once
+        the frame that asked is handled, from elsewhere at once."""
+        stream = self.connection.stream
+        if stream is not None:
+            stream.reply_result(request, payload)
+            if not self.connection.reading:
+                self.connection.flush()
+
     def room(self, jid: str) -> Room:
         """The room we are in (or joining); XmppRequestFailed if we are not (nothing recorded)."""
         room = self.rooms.get(jid)

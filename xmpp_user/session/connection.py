@@ -20,6 +20,10 @@ nothing else records it), and are cancelled without a record when we ended it (`
 The reader greenlet is spawned outside the Locust user's greenlet group (it must not count as
 a user) and handles one frame at a time: parse it in the core, hand the events on, then send
 whatever the core queued (acks, answers to pings).
+
+Whoever wants to see the frames (a recorder, a probe) appends to ``on_frame_sent`` and
+``on_frame_received``: each hook is called with the text of every frame, in order, for every
+session of the connection. Empty lists cost one test per frame.
 """
 
 from __future__ import annotations
@@ -95,6 +99,10 @@ class Connection:
         """time.monotonic() of the last frame received (a client's keepalive pings after a silence)."""
         self.url = ""
         """Where the current (or last) session was opened."""
+        self.on_frame_sent: list[Callable[[str], None]] = []
+        """Called with each frame once the transport has taken it."""
+        self.on_frame_received: list[Callable[[str], None]] = []
+        """Called by the reader with each frame received, before the core reads it."""
         self.redirect = ""
         self._transport: WebSocketTransport | None = None
         self._reader: gevent.Greenlet | None = None
@@ -128,6 +136,11 @@ class Connection:
     @property
     def ready(self) -> bool:
         return self._life is Life.READY
+
+    @property
+    def reading(self) -> bool:
+        """True in the reader greenlet: what the core queues now leaves once the frame is handled."""
+        return self._reader is not None and gevent.getcurrent() is self._reader
 
     def require_ready(self) -> XmppStream:
         """The stream, if stanzas may be sent now; otherwise XmppRequestFailed at once (nothing recorded)."""
@@ -240,9 +253,13 @@ class Connection:
             return
         if transport is None:
             raise XmppRequestFailed(f"not connected ({self.last_error or self.life.value})")
+        hooks = self.on_frame_sent
         try:
             for frame in frames:
                 transport.send(frame)
+                if hooks:
+                    for hook in hooks:
+                        hook(frame)
         except TransportError as exc:
             self._lost(transport, str(exc))
             raise XmppRequestFailed(str(exc)) from None
@@ -250,7 +267,7 @@ class Connection:
     # -- the reader greenlet ----------------------------------------------------------------
 
     def _read_loop(self, transport: WebSocketTransport, stream: XmppStream) -> None:
-        handlers, on_event, requests = self._handlers, self._on_event, self.requests
+        handlers, on_event, requests, hooks = self._handlers, self._on_event, self.requests, self.on_frame_received
         while True:
             try:
                 frame = transport.recv()
@@ -271,6 +288,9 @@ class Connection:
             requests.frame_length = len(frame)
             self.received_at = time.monotonic()
             try:
+                if hooks:
+                    for hook in hooks:
+                        hook(frame)
                 for event in stream.receive_frame(frame):
                     handler = handlers.get(type(event))
                     if handler is None:
