@@ -40,7 +40,7 @@ from gevent.event import Event
 from xmpp_user.core import events as ev
 from xmpp_user.core.errors import ProtocolError
 from xmpp_user.core.stream import XmppStream
-from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed
+from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed, describe
 from xmpp_user.session.transport import ProtocolViolation, TransportError, WebSocketTransport
 
 log = logging.getLogger(__name__)
@@ -360,7 +360,7 @@ class Connection:
         self._settled.set()
 
     def _on_negotiation_failed(self, event: ev.NegotiationFailed) -> None:
-        reason = _describe(event.condition, event.text)
+        reason = describe(event.condition, event.text)
         pending = self.requests.negotiation.pop(event.step, None)
         if pending is not None:
             self.requests.refuse(pending, reason)
@@ -373,7 +373,7 @@ class Connection:
     def _on_stream_error(self, event: ev.StreamError) -> None:
         if event.see_other_host:
             self.redirect = _redirect_url(self.url, event.see_other_host)
-        self._end(f"stream error {_describe(event.condition, event.text)}")
+        self._end(f"stream error {describe(event.condition, event.text)}")
         self.life = Life.CLOSING  # the core answered with <close/>
 
     def _on_stream_closed(self, event: ev.StreamClosed) -> None:
@@ -384,10 +384,6 @@ class Connection:
         elif self.life is not Life.CLOSING:
             self._end("the server closed the stream")
         self.life = Life.CLOSED
-
-
-def _describe(condition: str, text: str) -> str:
-    return f"{condition} ({text})" if text else condition
 
 
 def _redirect_url(url: str, host: str) -> str:
