@@ -105,7 +105,7 @@ def populated_room(websocket_url: str, domain: str, muc: str, request_event: Any
 
 
 class _Joiner:
-    """``Talker.join`` without the message truth: the scene counts no messages."""
+    """A ``Joiner``: ``Talker.join`` without the message truth, the scene counts no messages."""
 
     def __init__(self, client: XmppClient) -> None:
         self.client = client
@@ -115,8 +115,8 @@ class _Joiner:
 
 
 class EmulatedViewer:
-    """What a client profile needs of a livechat viewer, outside Locust: every feature on, no avatar of its
-    own (as an anonymous Converse user), no deviations to report."""
+    """A ``Viewer`` (xmpp_user.scenario.viewer) outside Locust: every feature on, no avatar of its own (as an
+    anonymous Converse user), no deviations to report."""
 
     vcards = mam = carbons = disco = True
     mam_max = 50

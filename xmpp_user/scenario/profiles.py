@@ -11,15 +11,15 @@ what the room sends. Choose one with ``--client``:
                        and occupant avatars only for the rows shown (the participants sidebar is
                        closed by default, so none but the authors of the messages shown)
 
-The viewer (locustfiles/livechat.py) gives a profile its client, room, nick and avatar, and the batch's
-switches: ``vcards``, ``mam``, ``carbons``, ``disco`` (a batch without vCards asks no vCard at all).
+The viewer (``xmpp_user.scenario.viewer.Viewer``: locustfiles/livechat.py's, or the fidelity scene's) gives a
+profile its client, room, nick and avatar, and the batch's switches: ``vcards``, ``mam``, ``carbons``,
+``disco`` (a batch without vCards asks no vCard at all).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
 from xml.etree.ElementTree import Element
 
 from xmpp_user.core import ns
@@ -27,7 +27,8 @@ from xmpp_user.core.stanza import bare, resource
 from xmpp_user.features import blocking, disco, pep
 from xmpp_user.features.caps import Capabilities
 from xmpp_user.features.disco import RESERVED_NICK_NODE
-from xmpp_user.session.client import NO_VCARD, Pending
+from xmpp_user.scenario.viewer import Viewer
+from xmpp_user.session.client import NO_VCARD, Pending, Room
 
 NOT_OFFERED = ("service-unavailable", "feature-not-implemented")
 """Error conditions by which a server says it does not offer a feature (carbons, a room archive)."""
@@ -63,7 +64,7 @@ class Profile:
     visible_occupants: int | None = None
     """Rows of the occupant list on screen, whose avatars are fetched (None: every occupant)."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         self.v = viewer
         self.x = viewer.xmpp
 
@@ -95,7 +96,7 @@ class SeedBots(Profile):
 
     name = "seed-bots"
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         super().__init__(viewer)
         self.asked: set[str] = set()
 
@@ -136,7 +137,7 @@ class SeedBots(Profile):
         self.asked.add(nick)
         return self.x.vcard(f"{self.v.room}/{nick}", wait=False, accept=NO_VCARD, name="vcard_occupant")
 
-    def _occupant_joined(self, room: Any, nick: str) -> None:
+    def _occupant_joined(self, room: Room, nick: str) -> None:
         if self.v.vcards and room.jid == self.v.room and nick not in self.asked:
             self.track(self._vcard(nick))
 
@@ -170,7 +171,7 @@ class Converse14(Profile):
     keepalive = 25.0
     ack_every = 5
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         super().__init__(viewer)
         self.asked: set[str] = set()
         self.roles: dict[str, str] = {}

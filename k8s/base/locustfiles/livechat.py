@@ -163,7 +163,8 @@ class ArchiveSeeder(_RoomUser):
 
 
 class Viewer(_RoomUser):
-    """One livechat viewer: the client profile (--client, xmpp_user.scenario.profiles) opens the chat, then it talks."""
+    """One livechat viewer: the client profile (--client, xmpp_user.scenario.profiles) opens the chat, then it talks.
+    What the profile reads of it is ``xmpp_user.scenario.viewer.Viewer``."""
 
     wait_time = constant(0.5)
     _counter = itertools.count()
