@@ -506,11 +506,15 @@ def test_room_names_with_capitals_are_joined_and_used(lab) -> None:
     rec = Recorder()
     client = XmppClient(lab.websocket_url, lab.domain, request_event=rec, timeout=3)
     room = f"CpuA20-{uuid.uuid4().hex[:6].upper()}@{lab.muc_domain.upper()}"
+    sent: list[str] = []
+    client.connection.on_frame_sent.append(sent.append)
     try:
         client.connect()
         client.muc_join(room, "Mixed Case")
         assert room in client.rooms and client.rooms[room].jid == room.lower()
         client.groupchat(room, "reflected from the lower-case JID")
+        # Normalised once, at the join: the message goes to the JID the room table holds.
+        assert [fromstring(f).get("to") for f in sent if f.startswith("<message")] == [room.lower()]
         client.muc_leave(room)
     finally:
         client.close()

@@ -99,10 +99,11 @@ class Muc:
 
     def say(self, room: str, body: str, extra: str) -> Pending:
         stream = self.connection.require_ready()
+        to = self.rooms.jid(room)
         id_ = stream.new_id()
         pending = Pending("message", lambda: self.requests.messages.pop(id_, None))
         self.requests.messages[id_] = pending
-        stream.send(muc.groupchat(normalise(room), body, id_, extra))
+        stream.send(muc.groupchat(to, body, id_, extra))
         self.connection.flush()
         return pending
 
