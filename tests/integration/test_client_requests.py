@@ -26,7 +26,6 @@ from xmpp_user.scenario.accounts import register_accounts
 from xmpp_user.session import requests
 from xmpp_user.session.client import NICK_CLASHES, NO_VCARD, XmppClient, XmppRequestFailed
 from xmpp_user.session.requests import outstanding
-from xmpp_user.session.transport import WebSocketTransport
 
 PASSWORD = "secret"
 ACCOUNTS = [f"it-{n}" for n in range(3)]
@@ -351,8 +350,7 @@ def test_expire_fails_an_unanswered_request_and_counts_its_late_reply_once(lab, 
         # Now the peer answers all three: the young one completes; the expired ones, already recorded as failures,
         # fire nothing more and are counted as late replies (the server was slow, not silent).
         for iq in held:
-            silent.connection.stream.reply_result(iq)
-        silent.connection.flush()
+            silent.reply_result(iq)
         asker.wait(young)
         asker.ping()  # one more round trip: any late event would have fired by now
         assert rec.names == ["custom", "ping"]
@@ -391,38 +389,24 @@ def test_wait_timeout_fails_once(lab) -> None:
         with pytest.raises(XmppRequestFailed):
             asker.wait(pending)  # waiting again raises the same failure without a second event
         assert wait_until(lambda: len(held) == 1)
-        silent.connection.stream.reply_result(held[0])
-        silent.connection.flush()
+        silent.reply_result(held[0])
         asker.ping()
     assert [(e["name"], e["exception"] is None) for e in rec.events] == [("custom", False), ("ping", True)]
 
 
-def test_stream_management_acks_count_every_stanza(lab, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stream_management_acks_count_every_stanza(lab) -> None:
     """Prosody asks for acks (<r/>) as it sends stanzas; each answer must carry the number of
     stanzas received since <enabled/>. Too high and Prosody ends the session, too low and it would
     resend them on resumption."""
-    frames: dict[int, list[tuple[str, str]]] = {}
-    plain_recv, plain_send = WebSocketTransport.recv, WebSocketTransport.send
-
-    def recv(self: WebSocketTransport) -> str | None:
-        frame = plain_recv(self)
-        if frame is not None:
-            frames.setdefault(id(self), []).append(("in", frame))
-        return frame
-
-    def send(self: WebSocketTransport, frame: str) -> None:
-        frames.setdefault(id(self), []).append(("out", frame))
-        plain_send(self, frame)
-
-    monkeypatch.setattr(WebSocketTransport, "recv", recv)
-    monkeypatch.setattr(WebSocketTransport, "send", send)
     rec = Recorder()
     watcher = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
     talker = XmppClient(lab.websocket_url, lab.domain, request_event=rec)
     room = new_room(lab, "sm")
+    log: list[tuple[str, str]] = []
+    watcher.connection.on_frame_received.append(lambda frame: log.append(("in", frame)))
+    watcher.connection.on_frame_sent.append(lambda frame: log.append(("out", frame)))
     try:
         watcher.connect()
-        log = frames[id(watcher.connection._transport)]
         talker.connect()
         watcher.muc_join(room, "watcher")
         talker.muc_join(room, "talker")
@@ -450,6 +434,30 @@ def test_stream_management_acks_count_every_stanza(lab, monkeypatch: pytest.Monk
     # Prosody asks again only once its previous request is answered: a burst gets fewer requests.
     assert len(asked) >= 5 and asked[-1] >= 30
     assert answered == asked
+
+
+def test_frame_hooks_see_every_frame_of_each_session_in_order(lab) -> None:
+    """Connection.on_frame_sent and on_frame_received: every frame as the transport took it and as it came,
+    from the stream's opening to its closing, in every session of the connection."""
+    sent: list[str] = []
+    received: list[str] = []
+    client = XmppClient(lab.websocket_url, lab.domain)
+    client.connection.on_frame_sent.append(sent.append)
+    client.connection.on_frame_received.append(received.append)
+    for _ in range(2):
+        sent.clear()
+        received.clear()
+        client.connect()
+        ping = client.ping()
+        assert ping.element is not None and 0 < client.last_received <= time.monotonic()
+        client.close()
+        assert sent[0].startswith("<open") and received[0].startswith("<open")
+        assert any(frame.startswith("<auth") for frame in sent)
+        ids_out = [fromstring(f).get("id") for f in sent if f.startswith("<iq")]
+        ids_in = [fromstring(f).get("id") for f in received if f.startswith("<iq")]
+        assert ping.element.get("id") in ids_out and ping.element.get("id") in ids_in
+        # The server may still ask for an ack while the stream closes: ours follows our <close/>.
+        assert [f for f in sent if not f.startswith("<a ")][-1].startswith("<close")
 
 
 def test_occupants_are_the_nicks_in_the_room_and_nothing_else(lab) -> None:
@@ -498,11 +506,15 @@ def test_room_names_with_capitals_are_joined_and_used(lab) -> None:
     rec = Recorder()
     client = XmppClient(lab.websocket_url, lab.domain, request_event=rec, timeout=3)
     room = f"CpuA20-{uuid.uuid4().hex[:6].upper()}@{lab.muc_domain.upper()}"
+    sent: list[str] = []
+    client.connection.on_frame_sent.append(sent.append)
     try:
         client.connect()
         client.muc_join(room, "Mixed Case")
         assert room in client.rooms and client.rooms[room].jid == room.lower()
         client.groupchat(room, "reflected from the lower-case JID")
+        # Normalised once, at the join: the message goes to the JID the room table holds.
+        assert [fromstring(f).get("to") for f in sent if f.startswith("<message")] == [room.lower()]
         client.muc_leave(room)
     finally:
         client.close()

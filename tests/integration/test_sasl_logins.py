@@ -14,7 +14,7 @@ import pytest
 from recorder import Recorder
 
 from xmpp_user.core import events as ev
-from xmpp_user.core.stream import Credentials, XmppStream
+from xmpp_user.core.stream import Credentials, StreamSettings, XmppStream
 from xmpp_user.scenario.accounts import register_accounts
 from xmpp_user.session.client import XmppClient
 from xmpp_user.session.transport import WebSocketTransport
@@ -42,7 +42,7 @@ def accounts(lab) -> str:
 
 def negotiate(url: str, domain: str, credentials: Credentials, timeout: float = 10) -> list[ev.Event]:
     """Drive the core over a WebSocket until the session is ready or refused; returns its events."""
-    stream = XmppStream(domain, credentials, stream_management=False)
+    stream = XmppStream(domain, credentials, StreamSettings(stream_management=False))
     transport = WebSocketTransport.open(url, timeout)
     seen: list[ev.Event] = []
     deadline = time.monotonic() + timeout

@@ -52,6 +52,11 @@ def test_anonymous_settings() -> None:
     s = options.settings_from(make(), "wss://chat.example.org/xmpp-websocket")
     assert s.mechanism == "ANONYMOUS"
     assert s.room_jid == "loadtest@muc.localhost"
+
+
+def test_the_room_jid_is_normalised_where_it_enters() -> None:
+    s = options.settings_from(make(xmpp_room="LoadTest", xmpp_muc="MUC.LocalHost"), "ws://127.0.0.1:1/ws")
+    assert (s.room, s.muc, s.room_jid) == ("loadtest", "muc.localhost", "loadtest@muc.localhost")
     assert s.credentials(7).mechanism == "ANONYMOUS"
     assert s.source_address(0) is None
 

@@ -9,7 +9,7 @@ from xmpp_user.core import events as ev
 from xmpp_user.core import sasl
 from xmpp_user.core.errors import FrameError, ProtocolError
 from xmpp_user.core.framing import parse_frame
-from xmpp_user.core.stream import Credentials, State, XmppStream
+from xmpp_user.core.stream import Credentials, State, StreamSettings, XmppStream
 
 OPEN = "<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' from='localhost' id='s1' version='1.0' xml:lang='en'/>"
 
@@ -237,7 +237,7 @@ def test_sasl_failure_and_missing_mechanism() -> None:
 
 
 def test_in_band_registration_then_auth() -> None:
-    stream = XmppStream("reg.localhost", Credentials("SCRAM-SHA-1", "u1", "pw"), register=True)
+    stream = XmppStream("reg.localhost", Credentials("SCRAM-SHA-1", "u1", "pw"), StreamSettings(register=True))
     stream.start()
     stream.receive_frame(OPEN)
     assert stream.receive_frame(features("SCRAM-SHA-1", register=True)) == [ev.RegisterRequested()]
@@ -335,7 +335,7 @@ def test_cdata_and_xml_declaration_are_accepted() -> None:
 def test_a_browser_like_stream_sends_the_session_iq_asks_for_resumption_and_requests_acks() -> None:
     """As Converse.js (Strophe) does: the legacy session IQ after binding, SM with resume='true', and an
     ack request after every 5th stanza sent; the session IQ's answer ends nowhere."""
-    stream = XmppStream("localhost", sm_resume=True, ack_every=5, legacy_session=True)
+    stream = XmppStream("localhost", settings=StreamSettings(sm_resume=True, ack_every=5, legacy_session=True))
     stream.start()
     stream.data_to_send()
     stream.receive_frame(OPEN)

@@ -68,6 +68,30 @@ class Credentials:
             raise ValueError(f"{self.mechanism} needs a username and a password")
 
 
+@dataclass(frozen=True, slots=True)
+class StreamSettings:
+    """How a stream negotiates and what it accepts: fixed for the stream's life, handed down whole from the
+    client that opens sessions to each new ``XmppStream`` (``dataclasses.replace`` makes a variant)."""
+
+    resource: str = ""
+    """The resource to bind ('': the server picks one)."""
+    stream_management: bool = True
+    """Enable XEP-0198 stream management when the server offers it."""
+    sm_resume: bool = False
+    """Ask the server to keep the session resumable (XEP-0198 resume='true') when the connection drops."""
+    ack_every: int = 0
+    """Request an ack (``<r/>``) after every this many stanzas sent, as browser clients do; 0: never."""
+    legacy_session: bool = False
+    """Send the RFC 3921 session IQ after binding, as Strophe-based clients still do (answer ignored)."""
+    register: bool = False
+    """Register the account (XEP-0077 in-band registration) before authenticating."""
+    max_frame: int = DEFAULT_MAX_FRAME
+    """Longest frame accepted, in bytes: refused by the transport from its header, and by the core."""
+
+
+DEFAULT_SETTINGS = StreamSettings()
+
+
 class State:
     IDLE = "idle"
     OPENING = "opening"
@@ -83,30 +107,11 @@ class State:
 
 class XmppStream:
     def __init__(
-        self,
-        domain: str,
-        credentials: Credentials | None = None,
-        *,
-        resource: str = "",
-        stream_management: bool = True,
-        sm_resume: bool = False,
-        ack_every: int = 0,
-        legacy_session: bool = False,
-        register: bool = False,
-        max_frame: int = DEFAULT_MAX_FRAME,
+        self, domain: str, credentials: Credentials | None = None, settings: StreamSettings = DEFAULT_SETTINGS
     ) -> None:
         self.domain = domain
         self.credentials = credentials or Credentials()
-        self.resource = resource
-        self.stream_management = stream_management
-        self.sm_resume = sm_resume
-        """Ask the server to keep the session resumable (XEP-0198 resume='true') when the connection drops."""
-        self.ack_every = ack_every
-        """Request an ack (``<r/>``) after every this many stanzas sent, as browser clients do; 0: never."""
-        self.legacy_session = legacy_session
-        """Send the RFC 3921 session IQ after binding, as Strophe-based clients still do (answer ignored)."""
-        self.register = register
-        self.max_frame = max_frame
+        self.settings = settings
         self.state = State.IDLE
         self.jid = ""
         self.stream_id = ""
@@ -149,7 +154,7 @@ class XmppStream:
         """Queue a stanza built by a feature module (message or presence)."""
         self._require_ready()
         self._out.append(stanza)
-        if self.ack_every:
+        if self.settings.ack_every:
             self._count_sent()
 
     def send_iq(self, type_: str, payload: str = "", to: str | None = None, key: Any = None) -> str:
@@ -158,14 +163,14 @@ class XmppStream:
         id_ = self.new_id()
         self._pending[id_] = key
         self._out.append(iq(type_, id_, payload, to))
-        if self.ack_every:
+        if self.settings.ack_every:
             self._count_sent()
         return id_
 
     def _count_sent(self) -> None:
         if self.sm_enabled:
             self._unacked += 1
-            if self._unacked >= self.ack_every:
+            if self._unacked >= self.settings.ack_every:
                 self._unacked = 0
                 self._out.append(f"<r xmlns='{ns.SM}'/>")
 
@@ -196,7 +201,7 @@ class XmppStream:
 
     def receive_frame(self, frame: str) -> list[ev.Event]:
         """Feed one WebSocket text message; returns the events it caused."""
-        element = parse_frame(frame, self.max_frame)
+        element = parse_frame(frame, self.settings.max_frame)
         tag = element.tag
         if self.state == State.READY:
             # Hot path first: stanzas of an established session.
@@ -235,7 +240,7 @@ class XmppStream:
 
     def _on_features(self, features: Element) -> list[ev.Event]:
         if self.state == State.OPENING:
-            if self.register:
+            if self.settings.register:
                 if features.find(ns.clark(ns.REGISTER_FEATURE, "register")) is None:
                     return self._fail("register", "not-offered", "the server does not offer in-band registration")
                 self.state = State.REGISTERING
@@ -252,7 +257,7 @@ class XmppStream:
             if features.find(ns.clark(ns.BIND, "bind")) is None:
                 return self._fail("bind", "not-offered", "the server does not offer resource binding")
             self.state = State.BINDING
-            res = f"<resource>{escape_text(self.resource)}</resource>" if self.resource else ""
+            res = f"<resource>{escape_text(self.settings.resource)}</resource>" if self.settings.resource else ""
             self._pending_raw(_BIND_KEY, "set", f"<bind xmlns='{ns.BIND}'>{res}</bind>")
             return [ev.BindRequested()]
         raise ProtocolError(f"unexpected stream features in state {self.state}")
@@ -333,7 +338,7 @@ class XmppStream:
     def reply_result(self, request: Element, payload: str = "") -> None:
         to = request.get("from")
         self._out.append(iq("result", escape_attr(request.get("id", "")), payload, to))
-        if self.ack_every:
+        if self.settings.ack_every:
             self._count_sent()
 
     def reply_error(self, request: Element, condition: str = "service-unavailable", type_: str = "cancel") -> None:
@@ -358,11 +363,11 @@ class XmppStream:
             return self._fail("bind", "bad-reply", "bind result carries no JID")
         self.jid = jid_el.text
         events: list[ev.Event] = [ev.Bound(self.jid)]
-        if self.legacy_session:
+        if self.settings.legacy_session:
             self._pending_raw(_SESSION_KEY, "set", f"<session xmlns='{ns.SESSION}'/>")
-        if self.stream_management and self._sm_offered:
+        if self.settings.stream_management and self._sm_offered:
             self.state = State.ENABLING_SM
-            resume = " resume='true'" if self.sm_resume else ""
+            resume = " resume='true'" if self.settings.sm_resume else ""
             self._out.append(f"<enable xmlns='{ns.SM}'{resume}/>")
             return events
         self.state = State.READY

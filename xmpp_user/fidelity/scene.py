@@ -33,7 +33,6 @@ from xmpp_user.features import vcard
 from xmpp_user.fidelity import kinds
 from xmpp_user.scenario.profiles import PROFILES
 from xmpp_user.session.client import Pending, XmppClient
-from xmpp_user.session.transport import WebSocketTransport
 
 OCCUPANTS = 30
 AUTHORS = 10
@@ -106,7 +105,7 @@ def populated_room(websocket_url: str, domain: str, muc: str, request_event: Any
 
 
 class _Joiner:
-    """``Talker.join`` without the message truth: the scene counts no messages."""
+    """A ``Joiner``: ``Talker.join`` without the message truth, the scene counts no messages."""
 
     def __init__(self, client: XmppClient) -> None:
         self.client = client
@@ -116,8 +115,8 @@ class _Joiner:
 
 
 class EmulatedViewer:
-    """What a client profile needs of a livechat viewer, outside Locust: every feature on, no avatar of its
-    own (as an anonymous Converse user), no deviations to report."""
+    """A ``Viewer`` (xmpp_user.scenario.viewer) outside Locust: every feature on, no avatar of its own (as an
+    anonymous Converse user), no deviations to report."""
 
     vcards = mam = carbons = disco = True
     mam_max = 50
@@ -156,14 +155,7 @@ def record_profile(scene: Scene, profile: str, settle: float = 1.0, request_even
     seconds after the join, then the connection is dropped (as a closed tab)."""
     viewer = EmulatedViewer(scene, profile, request_event)
     sent: list[str] = []
-    original = WebSocketTransport.send
-
-    def send(transport: WebSocketTransport, frame: str) -> None:
-        if transport is viewer.xmpp.connection._transport:
-            sent.append(frame)
-        original(transport, frame)
-
-    WebSocketTransport.send = send  # type: ignore[method-assign]
+    viewer.xmpp.connection.on_frame_sent.append(sent.append)
     try:
         viewer.xmpp.connect()
         viewer.profile.join()
@@ -171,7 +163,6 @@ def record_profile(scene: Scene, profile: str, settle: float = 1.0, request_even
         viewer.background = viewer.xmpp.expire(viewer.background)
         return Emulated(sent, viewer.xmpp.jid)
     finally:
-        WebSocketTransport.send = original  # type: ignore[method-assign]
         viewer.xmpp.abort()
 
 

@@ -155,7 +155,9 @@ class Settings:
     url: str
     domain: str
     muc: str
+    """The MUC service's JID, normalised (as the room's): JIDs built from it are trusted as they are."""
     room: str
+    """The room's name (the node of its JID), normalised."""
     mechanism: str
     timeout: float
     stream_management: bool
@@ -237,7 +239,7 @@ def settings_from(options: Any, host: str | None) -> Settings:
     settings = Settings(
         url=url,
         domain=options.xmpp_domain,
-        muc=options.xmpp_muc,
+        muc=room.split("@", 1)[1],
         room=room.split("@", 1)[0],
         mechanism=mechanism,
         timeout=float(options.xmpp_timeout),

@@ -11,14 +11,15 @@ what the room sends. Choose one with ``--client``:
                        and occupant avatars only for the rows shown (the participants sidebar is
                        closed by default, so none but the authors of the messages shown)
 
-The viewer (locustfiles/livechat.py) gives a profile its client, room, nick and avatar, and the batch's
-switches: ``vcards``, ``mam``, ``carbons``, ``disco`` (a batch without vCards asks no vCard at all).
+The viewer (``xmpp_user.scenario.viewer.Viewer``: locustfiles/livechat.py's, or the fidelity scene's) gives a
+profile its client, room, nick and avatar, and the batch's switches: ``vcards``, ``mam``, ``carbons``,
+``disco`` (a batch without vCards asks no vCard at all).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import replace
 from xml.etree.ElementTree import Element
 
 from xmpp_user.core import ns
@@ -26,7 +27,8 @@ from xmpp_user.core.stanza import bare, resource
 from xmpp_user.features import blocking, disco, pep
 from xmpp_user.features.caps import Capabilities
 from xmpp_user.features.disco import RESERVED_NICK_NODE
-from xmpp_user.session.client import NO_VCARD, Pending
+from xmpp_user.scenario.viewer import Viewer
+from xmpp_user.session.client import NO_VCARD, Pending, Room
 
 NOT_OFFERED = ("service-unavailable", "feature-not-implemented")
 """Error conditions by which a server says it does not offer a feature (carbons, a room archive)."""
@@ -62,7 +64,7 @@ class Profile:
     visible_occupants: int | None = None
     """Rows of the occupant list on screen, whose avatars are fetched (None: every occupant)."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         self.v = viewer
         self.x = viewer.xmpp
 
@@ -94,7 +96,7 @@ class SeedBots(Profile):
 
     name = "seed-bots"
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         super().__init__(viewer)
         self.asked: set[str] = set()
 
@@ -135,7 +137,7 @@ class SeedBots(Profile):
         self.asked.add(nick)
         return self.x.vcard(f"{self.v.room}/{nick}", wait=False, accept=NO_VCARD, name="vcard_occupant")
 
-    def _occupant_joined(self, room: Any, nick: str) -> None:
+    def _occupant_joined(self, room: Room, nick: str) -> None:
         if self.v.vcards and room.jid == self.v.room and nick not in self.asked:
             self.track(self._vcard(nick))
 
@@ -169,7 +171,7 @@ class Converse14(Profile):
     keepalive = 25.0
     ack_every = 5
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: Viewer) -> None:
         super().__init__(viewer)
         self.asked: set[str] = set()
         self.roles: dict[str, str] = {}
@@ -180,7 +182,7 @@ class Converse14(Profile):
 
     def configure(self) -> None:
         x = self.x
-        x.sm_resume, x.ack_every, x.legacy_session = True, self.ack_every, True
+        x.stream_settings = replace(x.stream_settings, sm_resume=True, ack_every=self.ack_every, legacy_session=True)
         x.on_presence.append(self._presence)
         x.on_iq_request = self._iq_request
 
@@ -261,17 +263,16 @@ class Converse14(Profile):
             self.track(x.vcard(wait=False, accept=NO_VCARD))
 
     def _iq_request(self, iq: Element) -> bool:
-        stream = self.x.connection.stream
-        if stream is None or not CONVERSE.answers(iq):
+        if not CONVERSE.answers(iq):
             return False
         query = iq.find(ns.clark(ns.DISCO_INFO, "query"))
-        stream.reply_result(iq, CONVERSE.disco_info(query.get("node", "") if query is not None else ""))
+        self.x.reply_result(iq, CONVERSE.disco_info(query.get("node", "") if query is not None else ""))
         return True
 
     def idle(self) -> None:
         x = self.x
         now = time.monotonic()
-        quiet = now - max(x.connection.received_at, self.last_ping)
+        quiet = now - max(x.last_received, self.last_ping)
         if x.connected and quiet >= self.keepalive:
             self.last_ping = now
             self.track(x.ping(wait=False))

@@ -67,7 +67,7 @@ class Talker:
         cannot leave. Once the room reflects it, the members in the room then expect it."""
         state = self.client.room(room)
         marker = self.sender.next_marker(time.time() * 1000.0)
-        pending = self.client.groupchat(room, body, extra=marker, wait=False)
+        pending = self.client.groupchat(state.jid, body, extra=marker, wait=False)
         self.tally.sent += 1
         seq = self.sender.seq
         self._awaiting[seq] = state.jid
@@ -88,13 +88,13 @@ class Talker:
         """Leave ``room`` and read our stream until the room confirms it, for up to ``limit`` seconds (the
         ``muc_leave`` request fails at the client's usual timeout all the same). True if our time there
         ended as a clean leave; False if it could not be asked or the answer did not come in time."""
-        key = normalise_or_same(room)
-        if key not in self.receivers:
+        state = self.client.rooms.get(room)
+        if state is None or state.jid not in self.receivers:
             return False
-        ended = self._exits.setdefault(key, AsyncResult())
+        ended = self._exits.setdefault(state.jid, AsyncResult())
         started = time.monotonic()
         try:
-            self.client.requests.wait(self.client.muc_leave(room, wait=False), self.client.timeout)
+            self.client.requests.wait(self.client.muc_leave(state.jid, wait=False), self.client.timeout)
         except XmppRequestFailed:
             if not self.client.connected:
                 return bool(ended.wait(0))

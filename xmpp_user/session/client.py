@@ -6,7 +6,8 @@ by IQ id, MUC room, message id or MAM query id, and fires the event with the tim
 request was queued (``xmpp_user.session.requests``). Requests can be waited for one at a time or
 pipelined (``wait=False``, then ``wait_all``), the way a browser client fires its start-up
 queries. Whether a request may go out at all is the connection's business
-(``xmpp_user.session.connection``): a user whose connection is gone fails at once.
+(``xmpp_user.session.connection``): a user whose connection is gone fails at once. What a room
+sends and what we send it (joins, leaves, nicks, messages) is settled in ``xmpp_user.session.muc``.
 
 Failures are fired as events too, then raised as ``XmppRequestFailed``: a subclass of
 Locust's ``RescheduleTask``, so a failed request ends the current task quietly (it is
@@ -18,37 +19,62 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
+from operator import attrgetter
 from typing import Any
 from xml.etree.ElementTree import Element
 
-import gevent
-
 from xmpp_user.core import events as ev
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
-from xmpp_user.core.stanza import resource, stanza_error
-from xmpp_user.core.stream import Credentials, XmppStream
-from xmpp_user.features import carbons, disco, mam, muc, ping, roster, vcard
-from xmpp_user.session.connection import Connection
-from xmpp_user.session.requests import REQUEST_TYPE, Pending, Requests, XmppRequestFailed
-from xmpp_user.session.rooms import Room, RoomTable, normalise
+from xmpp_user.core.stream import Credentials, StreamSettings, XmppStream
+from xmpp_user.features import carbons, disco, mam, ping, roster, vcard
+from xmpp_user.session.connection import Connection, ConnectionSettings
+from xmpp_user.session.muc import LOCKED_ROOM_RETRY, NICK_CLASHES, Muc
+from xmpp_user.session.requests import REQUEST_TYPE, Pending, Requests, XmppRequestFailed, describe
+from xmpp_user.session.rooms import Room, RoomTable
 
 log = logging.getLogger(__name__)
 
 NO_VCARD = ("service-unavailable", "item-not-found", "feature-not-implemented")
 """Error conditions by which a server says an entity has no vCard (a client then shows no avatar)."""
-LOCKED_ROOM_RETRY = 0.2
-"""Seconds before joining again a room that refused us as not existing: its creator has not
-configured it yet (a new room stays locked until then, XEP-0045 section 10.1.3)."""
-NICK_CLASHES = 5
-"""Other nicks tried when the room answers that ours is taken (``conflict``): as Converse.js does with
-``muc_nickname_from_jid``, ``nick-2``, ``nick-3``, ... After a connection is cut, a server that keeps
-the old session for stream resumption keeps its occupant too, under our nick."""
 _MAX_REDIRECTS = 3
 
-__all__ = ["NO_VCARD", "REQUEST_TYPE", "Pending", "Room", "XmppClient", "XmppRequestFailed"]
+__all__ = ["LOCKED_ROOM_RETRY", "NICK_CLASHES", "NO_VCARD", "REQUEST_TYPE", "Pending", "Room", "XmppClient",
+           "XmppRequestFailed"]  # fmt: skip
+
+
+class _Setting:
+    """A field of one of the client's frozen settings, read and set as the client's own attribute (the keyword
+    arguments and attributes of earlier releases): setting it replaces the settings object whole."""
+
+    def __init__(self, path: str) -> None:
+        self._settings = attrgetter(path)
+        self._holder, _, self._attr = path.rpartition(".")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, client: Any, owner: type | None = None) -> Any:
+        return self if client is None else getattr(self._settings(client), self.name)
+
+    def __set__(self, client: Any, value: Any) -> None:
+        holder = attrgetter(self._holder)(client) if self._holder else client
+        setattr(holder, self._attr, replace(getattr(holder, self._attr), **{self.name: value}))
 
 
 class XmppClient:
+    # The settings as attributes, as earlier releases had them: reading one reads the settings, setting one
+    # replaces them (a stream setting takes effect at the next connect).
+    resource = _Setting("stream_settings")
+    stream_management = _Setting("stream_settings")
+    sm_resume = _Setting("stream_settings")
+    ack_every = _Setting("stream_settings")
+    legacy_session = _Setting("stream_settings")
+    register = _Setting("stream_settings")
+    max_frame = _Setting("stream_settings")
+    timeout = _Setting("connection.settings")
+    patience = _Setting("connection.settings")
+
     def __init__(
         self,
         url: str,
@@ -69,50 +95,30 @@ class XmppClient:
         self.url = url
         self.domain = domain
         self.credentials = credentials or Credentials()
-        self.timeout = timeout
-        """Seconds to wait for any reply before the request counts as failed."""
-        self.patience = patience
-        """Seconds ``wait`` and ``wait_all`` go on waiting for a request that timed out (recorded as failed): a
-        late reply then lets the caller carry on, as a browser client waits out a slow server."""
-        self.resource = resource
-        self.stream_management = stream_management
-        self.sm_resume = False
-        """Ask for a resumable session: a dropped connection then leaves it on the server for a while."""
-        self.ack_every = 0
-        """Request a stream management ack after every this many stanzas (0: never)."""
-        self.legacy_session = False
-        """Send the legacy session IQ after binding."""
-        self.register = register
-        self.max_frame = max_frame
-        """Longest frame accepted: refused by the transport from its header, and by the core."""
+        self.stream_settings = StreamSettings(
+            resource=resource, stream_management=stream_management, register=register, max_frame=max_frame
+        )
+        """What each new session's stream negotiates (``dataclasses.replace`` it before ``connect``)."""
         self.mechanism = ""
         """The SASL mechanism the last session authenticated with."""
         self.requests = Requests(request_event)
-        self.connection = Connection(
-            self.requests,
-            self._on_event,
-            self._on_session_end,
-            timeout=timeout,
-            connect_timeout=connect_timeout,
-            verify_tls=verify_tls,
-            source_address=source_address,
-            max_frame=max_frame,
+        settings = ConnectionSettings(
+            timeout=timeout, connect_timeout=connect_timeout, verify_tls=verify_tls, source_address=source_address,
             patience=patience,
-        )
+        )  # fmt: skip
+        self.connection = Connection(self.requests, self._on_event, self._on_session_end, settings)
         self.on_message: list[Callable[[Element], None]] = []
         """Called with each live message (not archive results) once its waiter, if any, is served."""
         self.on_presence: list[Callable[[Element], None]] = []
-        self.on_occupant_joined: list[Callable[[Room, str], None]] = []
-        self.on_room_exit: list[Callable[[Room, bool], None]] = []
-        """Called once for every room we joined or tried to join, when our time there ends: True if the room
-        confirmed our own leave (everything it routed to us before has been read), False otherwise (a join
-        refused, kicked, room destroyed, the session ended while we were in the room or joining it)."""
         self.on_iq_request: Callable[[Element], bool] | None = None
         """Answers server IQs the core does not; return False to let the client refuse them."""
-        self.rooms = RoomTable()
+        self.muc = Muc(self.connection, self.requests, self.send_iq)
+        """Our part in MUC rooms; its tables and callbacks are the client's (below)."""
+        self.rooms: RoomTable = self.muc.rooms
+        self.on_occupant_joined: list[Callable[[Room, str], None]] = self.muc.on_occupant_joined
+        self.on_room_exit: list[Callable[[Room, bool], None]] = self.muc.on_room_exit
+        """Called once for every room we joined or tried to join, when our time there ends (see ``Muc``)."""
         self.jid = ""
-        self._background: list[Pending] = []
-        """Requests the client fired by itself (room configuration); expired as new ones come."""
         self._dispatch: dict[type, Callable[[Any], None]] = {
             ev.MessageReceived: self._on_message,
             ev.PresenceReceived: self._on_presence,
@@ -135,17 +141,7 @@ class XmppClient:
         """Open the WebSocket, authenticate and bind; fires connect, auth and bind."""
         url = self.url
         for _ in range(_MAX_REDIRECTS + 1):
-            stream = XmppStream(
-                self.domain,
-                self.credentials,
-                resource=self.resource,
-                stream_management=self.stream_management,
-                sm_resume=self.sm_resume,
-                ack_every=self.ack_every,
-                legacy_session=self.legacy_session,
-                register=self.register,
-                max_frame=self.max_frame,
-            )
+            stream = XmppStream(self.domain, self.credentials, self.stream_settings)
             self.rooms.clear()
             redirect = self.connection.open(url, stream)
             if not redirect:
@@ -178,12 +174,23 @@ class XmppClient:
         self.connection.require_ready().send(stanza)
         self.connection.flush()
 
+    @property
+    def last_received(self) -> float:
+        """``time.monotonic()`` when the last frame arrived (0.0: none yet): a client pings after a silence."""
+        return self.connection.received_at
+
+    def reply_result(self, request: Element, payload: str = "") -> None:
+        """Answer an IQ request (see ``on_iq_request``) with a result: from ``on_iq_request`` it leaves once
+        the frame that asked is handled, from elsewhere at once."""
+        stream = self.connection.stream
+        if stream is not None:
+            stream.reply_result(request, payload)
+            if not self.connection.reading:
+                self.connection.flush()
+
     def room(self, jid: str) -> Room:
         """The room we are in (or joining); XmppRequestFailed if we are not (nothing recorded)."""
-        room = self.rooms.get(jid)
-        if room is None:
-            raise XmppRequestFailed(f"not in room {jid} ({self.last_error or 'not joined'})")
-        return room
+        return self.muc.room(jid)
 
     # -- generic requests -----------------------------------------------------------------
 
@@ -287,47 +294,21 @@ class XmppClient:
         until the timeout; a new room we create ourselves is configured as an instant room, as
         a browser client does.
         """
-        stream = self.connection.require_ready()
-        jid = normalise(room)
-        state = self.rooms[jid] = Room(jid, nick)
-        stanza = muc.join(jid, nick, history_max, extra)
-        pending = Pending("muc_join", lambda: self.requests.joins.pop(jid, None))
-        state.join_stanza, state.join_args = stanza, (history_max, extra)
-        self.requests.joins[jid] = pending
-        stream.send(stanza)
-        self.connection.flush()
+        pending = self.muc.join(room, nick, history_max, extra)
         return self.wait(pending) if wait else pending
 
     def muc_leave(self, room: str, wait: bool = True) -> Pending:
-        stream = self.connection.require_ready()
-        state = self.room(room)
-        pending = Pending("muc_leave", lambda: self.requests.leaves.pop(state.jid, None))
-        self.requests.leaves[state.jid] = pending
-        state.leaving = True
-        stream.send(muc.leave(state.jid, state.nick))
-        self.connection.flush()
+        pending = self.muc.leave(room)
         return self.wait(pending) if wait else pending
 
     def muc_nick(self, room: str, nick: str, wait: bool = True) -> Pending:
         """Change nickname; done when the room confirms the new one with status 110."""
-        stream = self.connection.require_ready()
-        state = self.room(room)
-        if not state.joined:
-            raise XmppRequestFailed(f"not in room {room} yet")
-        pending = Pending("muc_nick", lambda: self.requests.joins.pop(state.jid, None))
-        self.requests.joins[state.jid] = pending
-        stream.send(muc.change_nick(state.jid, nick))
-        self.connection.flush()
+        pending = self.muc.change_nick(room, nick)
         return self.wait(pending) if wait else pending
 
     def groupchat(self, room: str, body: str, extra: str = "", wait: bool = True) -> Pending:
         """Send to a room; done when the room reflects the message back to us."""
-        stream = self.connection.require_ready()
-        id_ = stream.new_id()
-        pending = Pending("message", lambda: self.requests.messages.pop(id_, None))
-        self.requests.messages[id_] = pending
-        stream.send(muc.groupchat(normalise(room), body, id_, extra))
-        self.connection.flush()
+        pending = self.muc.say(room, body, extra)
         return self.wait(pending) if wait else pending
 
     def mam(
@@ -366,17 +347,7 @@ class XmppClient:
         self._dispatch[type(event)](event)
 
     def _on_session_end(self, clean: bool) -> None:
-        # Every room we were in or joining: whatever the room still had for us will never be read.
-        rooms = list(self.rooms.values())
-        self.rooms.clear()
-        self._background.clear()
-        for room in rooms:
-            self._exited(room, False)
-
-    def _exited(self, room: Room, left: bool) -> None:
-        room.joined = False
-        for callback in self.on_room_exit:
-            callback(room, left)
+        self.muc.session_ended()
 
     def _on_message(self, event: ev.MessageReceived) -> None:
         element = event.element
@@ -388,104 +359,16 @@ class XmppClient:
                 if pending is not None:
                     pending.messages.append(found[1])
                 return
-        id_ = element.get("id")
-        if id_ is not None and id_ in requests.messages:
-            if element.get("type") == "error":
-                condition, text = stanza_error(element)
-                requests.refuse(requests.messages.pop(id_), _describe(condition, text))
-                return
-            frm = element.get("from", "")
-            room = self.rooms.of(frm)
-            if room is not None and resource(frm) == room.nick:
-                requests.complete(requests.messages.pop(id_), element)
+        if not self.muc.message(element):
+            return
         for callback in self.on_message:
             callback(element)
 
     def _on_presence(self, event: ev.PresenceReceived) -> None:
         element = event.element
-        frm = element.get("from", "")
-        room = self.rooms.of(frm)
-        if room is not None:
-            nick = resource(frm)
-            if nick:
-                self._on_occupant_presence(room, nick, element)
-            # A presence from the room's bare JID (ejabberd announces its entity caps that way)
-            # is the room speaking, not an occupant.
+        self.muc.presence(element)
         for callback in self.on_presence:
             callback(element)
-
-    def _on_occupant_presence(self, room: Room, nick: str, element: Element) -> None:
-        requests = self.requests
-        type_ = element.get("type")
-        if type_ == "error":
-            condition, text = stanza_error(element)
-            join = requests.joins.get(room.jid)
-            if (
-                condition == "item-not-found"
-                and join is not None
-                and not room.joined
-                and time.perf_counter() - join.start + LOCKED_ROOM_RETRY < self.timeout
-            ):
-                gevent.spawn_later(LOCKED_ROOM_RETRY, self._join_again, room, join)
-                return
-            if condition == "conflict" and join is not None and not room.joined and room.clashes < NICK_CLASHES:
-                room.clashes += 1
-                base = room.nick if room.clashes == 1 else room.nick.rsplit("-", 1)[0]
-                room.nick = f"{base}-{room.clashes + 1}"
-                room.join_stanza = muc.join(room.jid, room.nick, *room.join_args)
-                self._join_again(room, join)
-                return
-            for table in (requests.joins, requests.leaves):
-                pending = table.pop(room.jid, None)
-                if pending is not None:
-                    requests.refuse(pending, _describe(condition, text))
-            if not room.joined and self.rooms.get(room.jid) is room:
-                self.rooms.pop(room.jid)
-                self._exited(room, False)  # a join refused: our time there ends before it began
-            return
-        codes = muc.status_codes(element)
-        if type_ == "unavailable":
-            room.remove_occupant(nick)
-            if muc.SELF_PRESENCE in codes and muc.NICK_CHANGED not in codes:
-                self.rooms.pop(room.jid, None)
-                leave = requests.leaves.pop(room.jid, None)
-                if leave is not None:
-                    requests.complete(leave, element)
-                self._exited(room, room.leaving)
-            return
-        tag_of = self.rooms.tag_of
-        is_new = room.set_occupant(nick, tag_of(element) if tag_of is not None else "")
-        if muc.SELF_PRESENCE in codes:
-            room.nick = nick
-            if not room.joined and muc.ROOM_CREATED in codes:
-                self._configure_new_room(room)
-            room.joined = True
-            pending = requests.joins.pop(room.jid, None)
-            if pending is not None:
-                requests.complete(pending, element)
-        elif is_new and room.joined and not room.leaving:
-            # Occupants listed before our own presence are the initial list, not joiners; and a
-            # room we are leaving is no place for new requests (it answers them not-acceptable).
-            for callback in self.on_occupant_joined:
-                callback(room, nick)
-
-    def _join_again(self, room: Room, join: Pending) -> None:
-        """Retry a join refused because the room is still locked by its creator."""
-        if join.done or self.rooms.get(room.jid) is not room or not self.connected:
-            return
-        try:
-            self.connection.require_ready().send(room.join_stanza)
-            self.connection.flush()
-        except XmppRequestFailed:
-            pass  # the session ended: the join has failed with it
-
-    def _configure_new_room(self, room: Room) -> None:
-        """Accept the default configuration of a room we created: it is locked until we do."""
-        self._background = self.requests.expire(self._background, self.timeout)
-        try:
-            self._background.append(self.send_iq("muc_configure", "set", muc.INSTANT_ROOM, room.jid))
-        except XmppRequestFailed:
-            pass
 
     def _on_iq_result(self, event: ev.IqResult) -> None:
         pending = event.key
@@ -504,7 +387,7 @@ class XmppClient:
                 self.requests.complete(pending, event.element)
                 return
             frm = event.element.get("from")
-            self.requests.refuse(pending, _describe(event.condition, event.text) + (f" from {frm}" if frm else ""))
+            self.requests.refuse(pending, describe(event.condition, event.text) + (f" from {frm}" if frm else ""))
 
     def _forget_query(self, pending: Pending) -> None:
         queries = self.requests.queries
@@ -519,6 +402,3 @@ class XmppClient:
             if stream is not None:
                 stream.reply_error(event.element)
 
-
-def _describe(condition: str, text: str) -> str:
-    return f"{condition} ({text})" if text else condition

@@ -20,6 +20,10 @@ nothing else records it), and are cancelled without a record when we ended it (`
 The reader greenlet is spawned outside the Locust user's greenlet group (it must not count as
 a user) and handles one frame at a time: parse it in the core, hand the events on, then send
 whatever the core queued (acks, answers to pings).
+
+Whoever wants to see the frames (a recorder, a probe) appends to ``on_frame_sent`` and
+``on_frame_received``: each hook is called with the text of every frame, in order, for every
+session of the connection. Empty lists cost one test per frame.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import enum
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent
 from gevent.event import Event
@@ -35,7 +40,7 @@ from gevent.event import Event
 from xmpp_user.core import events as ev
 from xmpp_user.core.errors import ProtocolError
 from xmpp_user.core.stream import XmppStream
-from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed, late_reply
+from xmpp_user.session.requests import Pending, Requests, XmppRequestFailed, describe, late_reply
 from xmpp_user.session.transport import ProtocolViolation, TransportError, WebSocketTransport
 
 log = logging.getLogger(__name__)
@@ -56,31 +61,36 @@ def ready_count() -> int:
     return _ready_count
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """How a connection opens its sessions and how long it waits: fixed for the connection's life. (What the
+    stream negotiates, the longest frame accepted included, comes with each stream: ``StreamSettings``.)"""
+
+    timeout: float = 10.0
+    """Seconds to wait for any reply (the negotiation's steps included) before it counts as failed."""
+    connect_timeout: float = 10.0
+    """Seconds to open the WebSocket."""
+    verify_tls: bool = True
+    source_address: str | None = None
+    """The local address to connect from (None: the system's choice)."""
+    patience: float = 0.0
+    """Seconds a request that timed out (recorded as failed) is still awaited: a late reply then lets the
+    caller carry on, as a browser client waits out a slow server."""
+
+
 class Connection:
     def __init__(
         self,
         requests: Requests,
         on_event: Callable[[ev.Event], None],
         on_end: Callable[[bool], None],
-        *,
-        timeout: float,
-        connect_timeout: float,
-        verify_tls: bool,
-        source_address: str | None,
-        max_frame: int,
-        patience: float = 0.0,
+        settings: ConnectionSettings,
     ) -> None:
         self.requests = requests
         self._on_event = on_event
         self._on_end = on_end
         """Called once per session when it ends: True if we ended it, False if it broke."""
-        self.timeout = timeout
-        self.patience = patience
-        """Seconds a negotiation that did not finish within the timeout (recorded) may still take."""
-        self.connect_timeout = connect_timeout
-        self.verify_tls = verify_tls
-        self.source_address = source_address
-        self.max_frame = max_frame
+        self.settings = settings
         self._life = Life.CLOSED
         self.last_error = ""
         """Why the last session ended or could not start; empty after a clean close."""
@@ -89,6 +99,10 @@ class Connection:
         """time.monotonic() of the last frame received (a client's keepalive pings after a silence)."""
         self.url = ""
         """Where the current (or last) session was opened."""
+        self.on_frame_sent: list[Callable[[str], None]] = []
+        """Called with each frame once the transport has taken it."""
+        self.on_frame_received: list[Callable[[str], None]] = []
+        """Called by the reader with each frame received, before the core reads it."""
         self.redirect = ""
         self._transport: WebSocketTransport | None = None
         self._reader: gevent.Greenlet | None = None
@@ -123,6 +137,11 @@ class Connection:
     def ready(self) -> bool:
         return self._life is Life.READY
 
+    @property
+    def reading(self) -> bool:
+        """True in the reader greenlet: what the core queues now leaves once the frame is handled."""
+        return self._reader is not None and gevent.getcurrent() is self._reader
+
     def require_ready(self) -> XmppStream:
         """The stream, if stanzas may be sent now; otherwise XmppRequestFailed at once (nothing recorded)."""
         if self.life is not Life.READY or self.stream is None:
@@ -141,8 +160,9 @@ class Connection:
         self._ended = False
         connect = Pending("connect")
         try:
+            settings = self.settings
             transport = WebSocketTransport.open(
-                url, self.connect_timeout, self.verify_tls, self.source_address, self.max_frame
+                url, settings.connect_timeout, settings.verify_tls, settings.source_address, stream.settings.max_frame
             )
         except TransportError as exc:
             self.requests.fail(connect, str(exc))
@@ -153,15 +173,16 @@ class Connection:
         stream.start()
         self.flush()
         self._reader = gevent.spawn(self._read_loop, transport, stream)
-        if not self._settled.wait(self.timeout):
+        timeout = self.settings.timeout
+        if not self._settled.wait(timeout):
             # Recorded as failed now; with patience the negotiation may still finish late (a slow server).
-            reason = f"negotiation did not finish within {self.timeout:g} s"
+            reason = f"negotiation did not finish within {timeout:g} s"
             steps = [step for step in self.requests.negotiation.values() if not step.done]
             for step in steps:
-                self.requests.time_out(step, self.timeout)
+                self.requests.time_out(step, timeout)
             if not steps:
                 self.requests.record("stream", reason)
-            if not self._settled.wait(self.patience):
+            if not self._settled.wait(self.settings.patience):
                 self._end(reason, record=False)
             elif not steps:
                 late_reply()  # the server did answer the stream: late (steps answered late say so themselves)
@@ -234,9 +255,13 @@ class Connection:
             return
         if transport is None:
             raise XmppRequestFailed(f"not connected ({self.last_error or self.life.value})")
+        hooks = self.on_frame_sent
         try:
             for frame in frames:
                 transport.send(frame)
+                if hooks:
+                    for hook in hooks:
+                        hook(frame)
         except TransportError as exc:
             self._lost(transport, str(exc))
             raise XmppRequestFailed(str(exc)) from None
@@ -244,7 +269,7 @@ class Connection:
     # -- the reader greenlet ----------------------------------------------------------------
 
     def _read_loop(self, transport: WebSocketTransport, stream: XmppStream) -> None:
-        handlers, on_event, requests = self._handlers, self._on_event, self.requests
+        handlers, on_event, requests, hooks = self._handlers, self._on_event, self.requests, self.on_frame_received
         while True:
             try:
                 frame = transport.recv()
@@ -265,6 +290,9 @@ class Connection:
             requests.frame_length = len(frame)
             self.received_at = time.monotonic()
             try:
+                if hooks:
+                    for hook in hooks:
+                        hook(frame)
                 for event in stream.receive_frame(frame):
                     handler = handlers.get(type(event))
                     if handler is None:
@@ -334,7 +362,7 @@ class Connection:
         self._settled.set()
 
     def _on_negotiation_failed(self, event: ev.NegotiationFailed) -> None:
-        reason = _describe(event.condition, event.text)
+        reason = describe(event.condition, event.text)
         pending = self.requests.negotiation.pop(event.step, None)
         if pending is not None:
             self.requests.refuse(pending, reason)
@@ -347,7 +375,7 @@ class Connection:
     def _on_stream_error(self, event: ev.StreamError) -> None:
         if event.see_other_host:
             self.redirect = _redirect_url(self.url, event.see_other_host)
-        self._end(f"stream error {_describe(event.condition, event.text)}")
+        self._end(f"stream error {describe(event.condition, event.text)}")
         self.life = Life.CLOSING  # the core answered with <close/>
 
     def _on_stream_closed(self, event: ev.StreamClosed) -> None:
@@ -358,10 +386,6 @@ class Connection:
         elif self.life is not Life.CLOSING:
             self._end("the server closed the stream")
         self.life = Life.CLOSED
-
-
-def _describe(condition: str, text: str) -> str:
-    return f"{condition} ({text})" if text else condition
 
 
 def _redirect_url(url: str, host: str) -> str:

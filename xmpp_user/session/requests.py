@@ -47,6 +47,11 @@ def outstanding() -> int:
     return _outstanding
 
 
+def describe(condition: str, text: str) -> str:
+    """A refusal as a failure's reason: the error condition, and the server's text if it gave one."""
+    return f"{condition} ({text})" if text else condition
+
+
 class XmppRequestFailed(RescheduleTask):
     """A request failed, or could not be sent; any failure has already been recorded.
 

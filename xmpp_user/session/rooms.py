@@ -1,9 +1,10 @@
 """What a client knows of the MUC rooms it is in: occupants by nick, keyed by normalised room JID.
 
 Servers answer from the normalised form of a JID (``CpuA20@muc.localhost`` comes back as
-``cpua20@muc.localhost``), so rooms are keyed by the form slixmpp's stringprep gives, and any
-JID a user or a stanza names is looked up through the same normalisation. Normalised forms are
-cached: the hot path pays one dict lookup per stanza.
+``cpua20@muc.localhost``), so rooms are keyed by the form slixmpp's stringprep gives. A JID is
+normalised where it enters (the options, ``XmppClient.muc_join``) and trusted after: a lookup by
+the normalised form is one dict lookup; any other form a user or a stanza names is normalised on
+a miss (cached).
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ class RoomTable(dict[str, Room]):
         if room is None:
             room = dict.get(self, normalise_or_same(jid), default)
         return room
+
+    def jid(self, jid: str) -> str:
+        """The normalised form of a room's JID: as the table holds it when we are in the room (the JIDs a
+        scenario has from its options or from here need no normalising), normalised otherwise; ValueError if
+        invalid."""
+        room = self.get(jid)
+        return room.jid if room is not None else normalise(jid)
 
     def __contains__(self, jid: object) -> bool:
         return isinstance(jid, str) and self.get(jid) is not None

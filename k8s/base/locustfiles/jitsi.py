@@ -107,10 +107,7 @@ class Participant(XmppUser):
         offer = jitsi.session_initiate(iq)
         if offer is None or not self.focus:
             return False
-        stream = self.xmpp.connection.stream
-        if stream is None:
-            return False
-        stream.reply_result(iq)
+        self.xmpp.reply_result(iq)
         self.xmpp.send_iq("jingle_accept", "set", jitsi.session_accept(offer, self.xmpp.jid), iq.get("from"))
         return True
 

@@ -38,7 +38,6 @@ from xmpp_user.scenario import ghosts
 from xmpp_user.scenario.profiles import DEFAULT, PROFILES
 from xmpp_user.scenario.talk import Talker
 from xmpp_user.session.client import Pending, XmppRequestFailed
-from xmpp_user.session.rooms import normalise
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +109,7 @@ def _install(environment: Any, **_kw: Any) -> None:
 
 
 def room_jid(options: Any, settings: Any, n: int) -> str:
+    """The JID of the room of the ``n``-th user, normalised: built from settings that are."""
     base = settings.room if options.rooms == 1 else f"{settings.room}{n % options.rooms}"
     return f"{base}@{settings.muc}"
 
@@ -124,7 +124,7 @@ class _RoomUser(XmppUser):
         self.seat = n // self.options.rooms
         """How many users of this class came to the same room before this one."""
         if self.settings is not None:
-            self.room = normalise(room_jid(self.options, self.settings, n))
+            self.room = room_jid(self.options, self.settings, n)
         self.talker = Talker(self.xmpp, outcome.sender_id(self.environment), self.environment.events.request)
         super().on_start()
 
@@ -163,7 +163,8 @@ class ArchiveSeeder(_RoomUser):
 
 
 class Viewer(_RoomUser):
-    """One livechat viewer: the client profile (--client, xmpp_user.scenario.profiles) opens the chat, then it talks."""
+    """One livechat viewer: the client profile (--client, xmpp_user.scenario.profiles) opens the chat, then it talks.
+    What the profile reads of it is ``xmpp_user.scenario.viewer.Viewer``."""
 
     wait_time = constant(0.5)
     _counter = itertools.count()
