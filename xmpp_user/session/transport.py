@@ -152,7 +152,10 @@ class WebSocketTransport:
         ws = self._ws
         try:
             with ws.readlock:
-                opcode, data = ws.recv_data()
+                data = self._buffered_text()
+                opcode = websocket.ABNF.OPCODE_TEXT
+                if data is None:
+                    opcode, data = ws.recv_data()
         except websocket.WebSocketConnectionClosedException:
             return None
         except ProtocolViolation as exc:  # from _LimitedFrameBuffer
@@ -177,6 +180,19 @@ class WebSocketTransport:
             return None
         self.close(websocket.STATUS_UNSUPPORTED_DATA_TYPE)
         raise ProtocolViolation("binary WebSocket message: RFC 7395 allows text messages only")
+
+    def _buffered_text(self) -> bytes | None:
+        """The next message if it is a whole text frame in one piece within the size limit: read from the
+        read-ahead buffer (the socket read once if the buffer is empty), without websocket-client. None when
+        anything else comes next (a control frame, fragments, a frame not read whole yet, a frame over the
+        limit, the socket's end): websocket-client's reader then takes it from the same buffer, with its
+        checks. Between two messages websocket-client's reader holds nothing: it reads a message whole."""
+        sock = self._ws.sock
+        if not isinstance(sock, _BufferedSocket):
+            return None
+        if sock.empty() and not sock.fill():
+            return None
+        return sock.take_text_frame(self._ws.frame_buffer.max_size)
 
     def close(self, status: int = websocket.STATUS_NORMAL) -> None:
         """Send a WebSocket close frame and close the socket without waiting for the answer.
@@ -333,23 +349,61 @@ class _BufferedSocket:
 
     websocket-client reads the handshake response one byte per ``recv`` and each frame in
     two or three exact-size reads; under gevent each read is a syscall plus a hub switch.
-    Reading ahead into a buffer makes that one read per burst of frames.
+    Reading ahead into a buffer makes that one read per burst of frames, and lets the transport take
+    the common frame (whole, final, unmasked text) straight out of it (``take_text_frame``).
     """
 
-    __slots__ = ("_sock", "_buffer")
+    __slots__ = ("_sock", "_buffer", "_start")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = b""
+        self._start = 0
+        """Where the unread bytes of ``_buffer`` begin."""
 
     def recv(self, size: int) -> bytes:
-        if not self._buffer:
+        if self.empty():
             data = self._sock.recv(65536)
             if len(data) <= size:
                 return data
-            self._buffer = data
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+            self._buffer, self._start = data, 0
+        start, buffer = self._start, self._buffer
+        self._start = start + size
+        if self._start >= len(buffer):
+            self._buffer, self._start = b"", 0  # an idle connection keeps no burst read long ago
+        return buffer[start : start + size]
+
+    def empty(self) -> bool:
+        return self._start >= len(self._buffer)
+
+    def fill(self) -> bool:
+        """Read into the empty buffer what the socket has, waiting for it; False at the socket's end."""
+        self._buffer, self._start = self._sock.recv(65536), 0
+        return bool(self._buffer)
+
+    def take_text_frame(self, max_size: int) -> bytes | None:
+        """The payload of the next frame if it is a final, unmasked text frame without extension bits, of
+        at most ``max_size`` bytes (and less than 64 KiB), wholly in the buffer; otherwise None, and nothing
+        is consumed."""
+        buffer, start = self._buffer, self._start
+        available = len(buffer) - start
+        if available < 2 or buffer[start] != 0x81:  # FIN, no RSV bits, text
+            return None
+        length = buffer[start + 1]  # the mask bit is the top one: a masked frame falls through
+        header = 2
+        if length == 126:
+            if available < 4:
+                return None
+            length, header = int.from_bytes(buffer[start + 2 : start + 4], "big"), 4
+        elif length > 126:
+            return None
+        end = start + header + length
+        if length > max_size or end > len(buffer):
+            return None
+        self._start = end
+        if end == len(buffer):
+            self._buffer, self._start = b"", 0
+        return buffer[start + header : end]
 
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
