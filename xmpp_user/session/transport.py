@@ -139,9 +139,13 @@ class WebSocketTransport:
         if ws.sock is None:
             raise TransportError("send failed: socket is already closed.")
         data = text_frame(frame)
+        sock = self._sock
         try:
             with ws.lock:  # a write that blocks halfway must not let another greenlet's frame in
-                self._sock.sendall(data)
+                # send, not gevent's sendall: that asks the kernel for the send buffer's size at every call.
+                sent = sock.send(data)
+                while sent < len(data):  # the send buffer was full: the rest waits for room
+                    sent += sock.send(memoryview(data)[sent:])
         except OSError as exc:
             raise TransportError(f"send failed: {exc or type(exc).__name__}") from None
 
