@@ -82,20 +82,29 @@ LOCUSTFILE = textwrap.dedent(
     OCCUPANTS = int(os.environ["BENCH_OCCUPANTS"])
     MAM_PAGE = int(os.environ["BENCH_MAM_PAGE"])
     SERVER_PID = int(os.environ["BENCH_SERVER_PID"])
+    USERS = int(os.environ["BENCH_USERS"])
+    STOP_AFTER = float(os.environ["BENCH_STOP_AFTER"])
     AVATAR = os.urandom(int(os.environ["BENCH_AVATAR_BYTES"]))
     ARCHIVE = "costarchive"
 
 
     def _sample(environment, path, every):
-        """Every ``every`` s, one consistent line: both processes' CPU, our RSS, users connected, request counts."""
-        pid = os.getpid()
+        """Every ``every`` s, one consistent line: both processes' CPU, our RSS, users connected, request counts.
+        Once every user has been connected for BENCH_STOP_AFTER seconds (the window is over), the run stops."""
+        pid, all_in = os.getpid(), None
         with open(path, "a") as out:
             while True:
+                ready = connection.ready_count()
+                if all_in is None and ready >= USERS:
+                    all_in = time.monotonic()
+                if all_in is not None and time.monotonic() - all_in > STOP_AFTER:
+                    environment.runner.quit()
+                    return
                 counts = {name: [entry.num_requests, entry.num_failures, entry.total_content_length]
                           for (name, _method), entry in environment.stats.entries.items()}
                 out.write(json.dumps({"t": time.monotonic(), "gen_cpu": process_cpu_seconds(pid),
                                       "server_cpu": process_cpu_seconds(SERVER_PID), "rss": process_rss_bytes(pid),
-                                      "ready": connection.ready_count(), "counts": counts}) + "\\n")
+                                      "ready": ready, "counts": counts}) + "\\n")
                 out.flush()
                 gevent.sleep(every)
 
@@ -158,29 +167,26 @@ def run_kind(kind: str, lab: Lab, work: Path, users: int, interval: float, args:
     samples_path = work / f"{kind}.samples"
     spawn_s = users / args.spawn_rate
     hold = args.idle if kind == "session" else args.window
-    run_time = int(2 * spawn_s + args.settle + hold + 10)  # logins take longer than the spawn when the server is busy
+    # The run stops itself once its window is over; -t only bounds it, should logins never all succeed.
+    run_time = int(2 * spawn_s + args.settle + hold + 120)
     env = {**os.environ, "PYTHONPATH": str(REPO), "BENCH_KIND": kind, "BENCH_INTERVAL": str(interval),
            "BENCH_OCCUPANTS": str(args.occupants), "BENCH_MAM_PAGE": str(args.mam_page),
            "BENCH_SERVER_PID": str(lab.pid), "BENCH_AVATAR_BYTES": str(AVATAR_BYTES),
-           "BENCH_SAMPLES": str(samples_path), "BENCH_SAMPLE_EVERY": str(SAMPLE_EVERY)}  # fmt: skip
+           "BENCH_SAMPLES": str(samples_path), "BENCH_SAMPLE_EVERY": str(SAMPLE_EVERY), "BENCH_USERS": str(users),
+           "BENCH_STOP_AFTER": str(args.settle + hold + 2 * SAMPLE_EVERY)}  # fmt: skip
     cmd = [sys.executable, "-m", "locust", "-f", str(work / "cost.py"), "--headless", "--host", lab.websocket_url,
            "-u", str(users), "-r", str(args.spawn_rate), "-t", f"{run_time}s", "--only-summary",
            "--xmpp-users-per-process", str(max(users, DEFAULT_USERS_PER_PROCESS)), "--xmpp-timeout", "30"]  # fmt: skip
     if args.no_sm:
         cmd.append("--xmpp-no-sm")
     with open(work / f"{kind}.log", "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-        try:
-            proc.wait(run_time + 60)
+        try:  # Locust stops by itself (-t); a minute past that it is killed
+            exit_code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
+                                       timeout=run_time + 60).returncode  # fmt: skip
         except subprocess.TimeoutExpired:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            exit_code = None
     samples = [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.exists() else []
-    result = {"kind": kind, "users": users, "interval_s": interval, "locust_exit_code": proc.returncode}
+    result = {"kind": kind, "users": users, "interval_s": interval, "locust_exit_code": exit_code}
     result.update(_costs(kind, users, samples, args))
     if result.get("error"):
         result["log_tail"] = (work / f"{kind}.log").read_text(errors="replace").splitlines()[-15:]
@@ -228,8 +234,8 @@ def _costs(kind: str, users: int, samples: list[dict], args: argparse.Namespace)
         return out
     start = samples[all_in]["t"] + args.settle
     window = [s for s in samples[all_in:] if start <= s["t"] <= start + args.window]
-    if len(window) < 2:
-        return {**out, "error": "the run ended before its window"}
+    if len(window) < 2 or window[-1]["t"] - window[0]["t"] < 0.8 * args.window:
+        return {**out, "error": "the run ended before its window was over"}
     out["window"] = _window(window[0], window[-1], _OPS[kind])
     if kind == "groupchat":
         out["messages_sent"] = _count(window[-1], "message") - _count(window[0], "message")
