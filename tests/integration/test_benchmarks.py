@@ -226,3 +226,12 @@ def test_generator_cost(tmp_path: Path) -> None:
         assert window["ops"] > 0 and window.keys() >= {"generator_cpu_s", "server_cpu_s", "ratio"}, (kind, window)
     assert data["kinds"]["session"]["window"]["ops"] == 4  # every user bound once
     assert data["kinds"]["vcard"]["window"]["bytes_per_op"] > 8192  # the avatar came back
+
+
+def test_frame_path(tmp_path: Path) -> None:
+    """Two bursts through the transport and the core: every message read, every ack request answered."""
+    out = tmp_path / "frame_path.json"
+    bench = run_benchmark("frame_path.py", tmp_path, "--bursts", "2", "--json", str(out), timeout=60)
+    assert bench.lines(r"^40 messages and ack requests read, 40 acks written: [\d.]+ us of CPU"), bench.tail()
+    data = json.loads(out.read_text())
+    assert (data["messages"], data["acks_sent"]) == (40, 40) and "us_per_delivered_message" in data, data
