@@ -202,3 +202,36 @@ def test_seeds(tmp_path: Path) -> None:
     assert seen["complete"] and seen["consistent"], seen
     assert seen["expected_differs"] == seen["delivered_differs"] == [], seen
     assert bench.lines(r"^- observers: \d+ messages"), bench.tail()
+
+
+def test_generator_cost(tmp_path: Path) -> None:
+    """Every kind at a few users for a few seconds, each through its own real Locust process and lab: one line per
+    kind, the memory and load lines, and the JSON with a window and its counts for every kind and no failure."""
+    out = tmp_path / "generator_cost.json"
+    bench = run_benchmark("generator_cost.py", tmp_path, "--users", "4", "--ping-users", "4", "--talk-users", "4",
+                          "--occupants", "2", "--vcard-users", "2", "--mam-users", "2", "--mam-page", "3",
+                          "--spawn-rate", "10", "--settle", "1", "--window", "3", "--idle", "2",
+                          "--json", str(out), timeout=240)  # fmt: skip
+    kinds = ["session", "ping", "groupchat", "vcard", "mam"]
+    assert [m.group(1) for m in bench.lines(r"^(\w+): \d+ ops in [\d.]+ s, .*, 0 failures$")] == kinds, bench.tail()
+    for line in ("memory per idle connected user: ", "failures during the runs: 0", "load average: "):
+        assert bench.lines(re.escape(line)), (line, bench.tail())
+    data = json.loads(out.read_text())
+    assert list(data["kinds"]) == kinds and data["failures"] == 0, data
+    assert {"machine", "load_average_before", "load_average_after", "targets", "summary"} <= data.keys()
+    assert data["summary"].keys() >= {"kib_per_idle_user", "idle_us_per_user_s"}, data["summary"]
+    for kind, result in data["kinds"].items():
+        assert result["locust_exit_code"] == 0 and "error" not in result, (kind, result)
+        window = result["window"]
+        assert window["ops"] > 0 and window.keys() >= {"generator_cpu_s", "server_cpu_s", "ratio"}, (kind, window)
+    assert data["kinds"]["session"]["window"]["ops"] == 4  # every user bound once
+    assert data["kinds"]["vcard"]["window"]["bytes_per_op"] > 8192  # the avatar came back
+
+
+def test_frame_path(tmp_path: Path) -> None:
+    """Two bursts through the transport and the core: every message read, every ack request answered."""
+    out = tmp_path / "frame_path.json"
+    bench = run_benchmark("frame_path.py", tmp_path, "--bursts", "2", "--json", str(out), timeout=60)
+    assert bench.lines(r"^40 messages and ack requests read, 40 acks written: [\d.]+ us of CPU"), bench.tail()
+    data = json.loads(out.read_text())
+    assert (data["messages"], data["acks_sent"]) == (40, 40) and "us_per_delivered_message" in data, data

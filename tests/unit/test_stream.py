@@ -97,6 +97,10 @@ def test_stream_management_enabled_and_acks_count_stanzas() -> None:
     stream.receive_frame("<presence xmlns='jabber:client' from='a@localhost/x'/>")
     assert stream.receive_frame("<r xmlns='urn:xmpp:sm:3'/>") == []
     assert stream.data_to_send() == ["<a xmlns='urn:xmpp:sm:3' h='2'/>"]
+    # Written otherwise than Prosody does (the text fast path misses it), it is parsed and answered all the same.
+    for ack_request in ('<r xmlns="urn:xmpp:sm:3"/>', "<r xmlns='urn:xmpp:sm:3'></r>", "<r xmlns='urn:xmpp:sm:3' />"):
+        assert stream.receive_frame(ack_request) == []
+        assert stream.data_to_send() == ["<a xmlns='urn:xmpp:sm:3' h='2'/>"]
 
 
 def test_stream_management_failure_is_not_fatal() -> None:

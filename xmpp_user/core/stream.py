@@ -49,6 +49,9 @@ _BIND_KEY = object()
 _REGISTER_KEY = object()
 _SESSION_KEY = object()
 _PING_TAG = ns.clark(ns.PING, "ping")
+_ACK_REQUESTS = frozenset(f"<r xmlns={quote}{ns.SM}{quote}/>" for quote in "'\"")
+"""A stream management ack request as servers write it. Prosody sends one after every stanza to a
+stream-managed session: recognised by its text, it is answered without being parsed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +204,9 @@ class XmppStream:
 
     def receive_frame(self, frame: str) -> list[ev.Event]:
         """Feed one WebSocket text message; returns the events it caused."""
+        if frame in _ACK_REQUESTS:
+            self._answer_ack_request()
+            return []
         element = parse_frame(frame, self.settings.max_frame)
         tag = element.tag
         if self.state == State.READY:
@@ -376,8 +382,7 @@ class XmppStream:
 
     def _on_sm(self, element: Element, name: str) -> list[ev.Event]:
         if name == "r":
-            if self.sm_enabled:
-                self._out.append(f"<a xmlns='{ns.SM}' h='{self.sm_handled}'/>")
+            self._answer_ack_request()
             return []
         if name == "a":
             return []
@@ -389,6 +394,10 @@ class XmppStream:
             self.sm_handled = 0
         # 'failed' is not fatal: the session simply runs without stream management.
         return [ev.Ready(self.jid, self.sm_enabled)]
+
+    def _answer_ack_request(self) -> None:
+        if self.sm_enabled:
+            self._out.append(f"<a xmlns='{ns.SM}' h='{self.sm_handled}'/>")
 
     def _on_stream_error(self, element: Element) -> list[ev.Event]:
         condition, text, other = "undefined-condition", "", ""

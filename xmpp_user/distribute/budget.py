@@ -22,8 +22,10 @@ from dataclasses import dataclass
 
 DEFAULT_USERS_PER_PROCESS = 18_000
 """Users one generator process holds by default (one gevent process is one core): measured by
-``benchmarks/process_ceiling.py`` with users pinging every 10 s (README, "Sizing a run"); a scenario
-that does more per user (rooms of hundreds, messages every few seconds) wants a lower
+``benchmarks/process_ceiling.py`` with users pinging every 10 s (README, "Sizing a run"), where the lab
+server and the open-file limit (20,000) bind first; the generator's own CPU-bound ceiling for that
+workload, from ``benchmarks/generator_cost.py``'s costs per ping and per idle user, is about 50,000. A
+scenario that does more per user (rooms of hundreds, messages every few seconds) wants a lower
 ``--xmpp-users-per-process``."""
 FILE_RESERVE = 200
 """Descriptors kept for Locust itself: its master connection, web UI, log and CSV files."""

@@ -9,15 +9,22 @@ has closed the socket with the matching RFC 6455 close code.
 The size limit holds before a payload is read: websocket-client reads a whole frame, then
 joins and decodes it, before its caller sees a byte, so the frame header is checked inside
 websocket-client's own frame reader (``_LimitedFrameBuffer``).
+
+Sending is the hot path's other half: every stanza is one text frame, so ``send`` builds the frame
+itself (``text_frame``) and writes it to the socket in one call, under websocket-client's send lock.
+websocket-client's own path (a frame object, a byte array per mask, a selector per write) cost
+three times as much CPU per frame (``benchmarks/generator_cost.py``).
 """
 
 from __future__ import annotations
 
 import errno
 import functools
+import os
 import resource
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from urllib.parse import SplitResult, urlsplit
 
@@ -76,6 +83,8 @@ class WebSocketTransport:
 
     def __init__(self, ws: websocket.WebSocket) -> None:
         self._ws = ws
+        self._sock = ws.sock._sock if isinstance(ws.sock, _BufferedSocket) else ws.sock
+        """The socket itself, under the read-ahead buffer: frames are written to it directly."""
 
     @classmethod
     def open(
@@ -121,13 +130,23 @@ class WebSocketTransport:
         if (ws.getheaders() or {}).get("sec-websocket-protocol", "").strip().lower() != "xmpp":
             cls(ws).close()
             raise TransportError(f"{url} did not accept the 'xmpp' WebSocket subprotocol")
+        ws.handshake_response = None  # its headers, read once above, took 1.4 KiB of every idle connection
         ws.settimeout(None)  # reply deadlines are kept per request by the client
         return cls(ws)
 
     def send(self, frame: str) -> None:
+        ws = self._ws
+        if ws.sock is None:
+            raise TransportError("send failed: socket is already closed.")
+        data = text_frame(frame)
+        sock = self._sock
         try:
-            self._ws.send(frame)
-        except (OSError, websocket.WebSocketException) as exc:
+            with ws.lock:  # a write that blocks halfway must not let another greenlet's frame in
+                # send, not gevent's sendall: that asks the kernel for the send buffer's size at every call.
+                sent = sock.send(data)
+                while sent < len(data):  # the send buffer was full: the rest waits for room
+                    sent += sock.send(memoryview(data)[sent:])
+        except OSError as exc:
             raise TransportError(f"send failed: {exc or type(exc).__name__}") from None
 
     def recv(self) -> str | None:
@@ -138,7 +157,10 @@ class WebSocketTransport:
         ws = self._ws
         try:
             with ws.readlock:
-                opcode, data = ws.recv_data()
+                data = self._buffered_text()
+                opcode = websocket.ABNF.OPCODE_TEXT
+                if data is None:
+                    opcode, data = ws.recv_data()
         except websocket.WebSocketConnectionClosedException:
             return None
         except ProtocolViolation as exc:  # from _LimitedFrameBuffer
@@ -164,6 +186,19 @@ class WebSocketTransport:
         self.close(websocket.STATUS_UNSUPPORTED_DATA_TYPE)
         raise ProtocolViolation("binary WebSocket message: RFC 7395 allows text messages only")
 
+    def _buffered_text(self) -> bytes | None:
+        """The next message if it is a whole text frame in one piece within the size limit: read from the
+        read-ahead buffer (the socket read once if the buffer is empty), without websocket-client. None when
+        anything else comes next (a control frame, fragments, a frame not read whole yet, a frame over the
+        limit, the socket's end): websocket-client's reader then takes it from the same buffer, with its
+        checks. Between two messages websocket-client's reader holds nothing: it reads a message whole."""
+        sock = self._ws.sock
+        if not isinstance(sock, _BufferedSocket):
+            return None
+        if sock.empty() and not sock.fill():
+            return None
+        return sock.take_text_frame(self._ws.frame_buffer.max_size)
+
     def close(self, status: int = websocket.STATUS_NORMAL) -> None:
         """Send a WebSocket close frame and close the socket without waiting for the answer.
 
@@ -180,6 +215,28 @@ class WebSocketTransport:
         except (OSError, websocket.WebSocketException):
             pass
         ws.shutdown()
+
+
+def text_frame(text: str) -> bytes:
+    """``text`` as one masked text frame, as a client sends it (RFC 6455 section 5.2): FIN and the text
+    opcode, the length, a mask key fresh from the system's random source (section 5.3), the masked payload."""
+    payload = text.encode()
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, 0x80 | length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 0xFE, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0xFF, length)
+    key = os.urandom(4)
+    return header + key + mask(key, payload)
+
+
+def mask(key: bytes, payload: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte ``key`` repeated: both as one big integer, which is done in C."""
+    length = len(payload)
+    keys = (key * (length // 4 + 1))[:length]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(length, "big")
 
 
 class _LimitedFrameBuffer(websocket.frame_buffer):
@@ -297,23 +354,61 @@ class _BufferedSocket:
 
     websocket-client reads the handshake response one byte per ``recv`` and each frame in
     two or three exact-size reads; under gevent each read is a syscall plus a hub switch.
-    Reading ahead into a buffer makes that one read per burst of frames.
+    Reading ahead into a buffer makes that one read per burst of frames, and lets the transport take
+    the common frame (whole, final, unmasked text) straight out of it (``take_text_frame``).
     """
 
-    __slots__ = ("_sock", "_buffer")
+    __slots__ = ("_sock", "_buffer", "_start")
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._buffer = b""
+        self._start = 0
+        """Where the unread bytes of ``_buffer`` begin."""
 
     def recv(self, size: int) -> bytes:
-        if not self._buffer:
+        if self.empty():
             data = self._sock.recv(65536)
             if len(data) <= size:
                 return data
-            self._buffer = data
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
+            self._buffer, self._start = data, 0
+        start, buffer = self._start, self._buffer
+        self._start = start + size
+        if self._start >= len(buffer):
+            self._buffer, self._start = b"", 0  # an idle connection keeps no burst read long ago
+        return buffer[start : start + size]
+
+    def empty(self) -> bool:
+        return self._start >= len(self._buffer)
+
+    def fill(self) -> bool:
+        """Read into the empty buffer what the socket has, waiting for it; False at the socket's end."""
+        self._buffer, self._start = self._sock.recv(65536), 0
+        return bool(self._buffer)
+
+    def take_text_frame(self, max_size: int) -> bytes | None:
+        """The payload of the next frame if it is a final, unmasked text frame without extension bits, of
+        at most ``max_size`` bytes (and less than 64 KiB), wholly in the buffer; otherwise None, and nothing
+        is consumed."""
+        buffer, start = self._buffer, self._start
+        available = len(buffer) - start
+        if available < 2 or buffer[start] != 0x81:  # FIN, no RSV bits, text
+            return None
+        length = buffer[start + 1]  # the mask bit is the top one: a masked frame falls through
+        header = 2
+        if length == 126:
+            if available < 4:
+                return None
+            length, header = int.from_bytes(buffer[start + 2 : start + 4], "big"), 4
+        elif length > 126:
+            return None
+        end = start + header + length
+        if length > max_size or end > len(buffer):
+            return None
+        self._start = end
+        if end == len(buffer):
+            self._buffer, self._start = b"", 0
+        return buffer[start + header : end]
 
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
