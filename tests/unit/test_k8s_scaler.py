@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fake_cluster import RecordingCluster
 from k8s_emulator import FORBIDDEN, TEST_AGENT, Controller, container_status, emulator, kubeconfig
 from schema_tools import REPO
 
@@ -375,35 +376,17 @@ def test_ctrl_c_while_waiting_for_the_workers_still_scales_them_back_to_zero(
 # ---- Ctrl+C, on a fake cluster ----
 
 
-class FakeCluster:
-    """What Run uses of a Cluster; its log raises KeyboardInterrupt once, as Ctrl+C would, before the files."""
-
-    namespace = "fake"
-    poll = 0.0
+class FakeCluster(RecordingCluster):
+    """Its log raises KeyboardInterrupt once, as Ctrl+C would, before the files."""
 
     def __init__(self, block: list[str]) -> None:
+        super().__init__()
         self.block = block
-        self.calls: list[tuple[str, Any]] = []
         self.interrupted = False
 
     def deployment(self, name: str) -> Any:
         return client.V1Deployment(spec=client.V1DeploymentSpec(
             replicas=0, selector=client.V1LabelSelector(), template=client.V1PodTemplateSpec()))  # fmt: skip
-
-    def check_capacity(self, *args: Any) -> None:
-        pass
-
-    def set_run(self, spec_json: str | None) -> None:
-        self.calls.append(("set_run", spec_json is not None))
-
-    def run_pod(self, run_id: str, timeout: float) -> str:
-        return "master-pod"
-
-    def scale(self, name: str, replicas: int) -> None:
-        self.calls.append(("scale", replicas))
-
-    def wait_ready(self, *args: Any) -> float:
-        return 0.0
 
     def log(self, pod: str, since_seconds: int | None = None) -> Iterator[LogLine]:
         yield LogLine(("", ""), "[master] running")
@@ -413,9 +396,6 @@ class FakeCluster:
         self.calls.append(("log after Ctrl+C", None))
         for line in self.block:
             yield LogLine(("", ""), line)
-
-    def master_state(self, pod: str) -> MasterState:
-        return MasterState(True)
 
 
 def test_ctrl_c_stops_the_run_collects_its_files_and_scales_to_zero(tmp_path: Path, monkeypatch: Any) -> None:

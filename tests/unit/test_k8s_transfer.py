@@ -15,7 +15,6 @@ import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,6 +23,8 @@ from xmpp_user.deploy.master import RunSpec, run_command
 from xmpp_user.observe.model import Sample, write_timeline
 
 pytest.importorskip("kubernetes", reason="the k8s extra is missing: run  bash scripts/setup.sh")
+from fake_cluster import RecordingCluster  # noqa: E402
+
 from xmpp_user.deploy.cluster import LogLine, MasterState  # noqa: E402
 from xmpp_user.deploy.run import EXIT_MASTER_DIED, Run  # noqa: E402
 
@@ -274,34 +275,13 @@ def _run_so_far(directory: Path, seconds: int) -> Path:
     return directory
 
 
-class DyingMaster:
-    """What Run uses of a Cluster: each look at the master's log gives the next of ``logs``, each look at its
-    container the next of ``states`` (the last one stays)."""
-
-    namespace = "fake"
-    poll = 0.0
+class DyingMaster(RecordingCluster):
+    """Each look at the master's log gives the next of ``logs``, each look at its container the next of ``states``
+    (the last one stays)."""
 
     def __init__(self, logs: list[list[str]], states: list[MasterState]) -> None:
+        super().__init__()
         self.logs, self.states = logs, states
-        self.calls: list[tuple[str, Any]] = []
-
-    def deployment(self, name: str) -> None:
-        return None
-
-    def check_capacity(self, *args: Any) -> None:
-        pass
-
-    def set_run(self, spec_json: str | None) -> None:
-        self.calls.append(("set_run", spec_json is not None))
-
-    def run_pod(self, run_id: str, timeout: float) -> str:
-        return "master-pod"
-
-    def scale(self, name: str, replicas: int) -> None:
-        self.calls.append(("scale", replicas))
-
-    def wait_ready(self, *args: Any) -> float:
-        return 0.0
 
     def log(self, pod: str, since_seconds: int | None = None) -> Iterator[LogLine]:
         for line in self.logs.pop(0) if self.logs else []:
