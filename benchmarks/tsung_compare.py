@@ -50,6 +50,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -105,9 +106,10 @@ def tsung_xml(plan: Plan, host: str, port: int, transport: str, client_host: str
         "fun({_Pid, DynVars}) -> {ok, Id} = ts_dynvars:lookup(tsung_userid, DynVars), "
         f"list_to_binary(integer_to_list((Id - 1) div {plan.occupants})) end."
     )
-    # The phase lasts as long as the arrivals need (and a margin: Tsung's launcher starts late, then catches up);
-    # maxnumber stops it at the plan's users. The load's duration bounds the whole test.
-    phase_s = math.ceil(plan.users / plan.arrival_rate) + 5
+    # Tsung's arrivals are random (exponential gaps, the rate their mean) and its launcher falls behind on a busy
+    # machine: a phase just as long as the arrivals need started 419 of 500 users once. The phase is twice as long
+    # and more; maxnumber stops it at the plan's users. The load's duration bounds the whole test.
+    phase_s = 2 * math.ceil(plan.users / plan.arrival_rate) + 30
     bound_s = math.ceil(2 * plan.seconds + 60)
     return textwrap.dedent(
         f"""\
@@ -293,8 +295,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def measure(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, bound_s: float, server_pid: int) -> dict:
-    """Run ``cmd`` to its exit (stopped past ``bound_s``): its tree's CPU and peak RSS, the server's CPU."""
+def measure(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    bound_s: float,
+    server_pid: int,
+    attach: Callable[[int], None] | None = None,
+) -> dict:
+    """Run ``cmd`` to its exit (stopped past ``bound_s``): its tree's CPU and peak RSS, the server's CPU.
+    ``attach`` is called once with the generator's PID as soon as it runs."""
     usage_path = log.with_suffix(".rusage.json")
     server_before, started = process_cpu_seconds(server_pid), time.monotonic()
     with open(log, "wb") as out:
@@ -304,6 +315,9 @@ def measure(cmd: list[str], env: dict[str, str], cwd: Path, log: Path, bound_s: 
     try:
         while proc.poll() is None:
             pids = tree(proc.pid)[1:]  # the generator's tree, not the wrapper
+            if attach is not None and pids:
+                attach(pids[0])
+                attach = None
             rss = sum(_rss(p) for p in pids)
             if rss > peak:
                 peak, peak_pids = rss, len(pids)
@@ -380,7 +394,7 @@ def tsung_stats(text: str) -> dict[str, int]:
     return totals
 
 
-def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float) -> dict:
+def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path | None) -> dict:
     (work / "talkers.py").write_text(LOCUSTFILE)
     env = {**os.environ, "PYTHONPATH": str(REPO), "CMP_USERS": str(plan.users), "CMP_OCCUPANTS": str(plan.occupants),
            "CMP_INTERVAL": str(plan.interval), "CMP_MESSAGES": str(plan.messages), "CMP_ROOM": ROOM}  # fmt: skip
@@ -388,7 +402,22 @@ def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float) -> dict:
            "-u", str(plan.users), "-r", f"{plan.arrival_rate:g}", "-t", f"{math.ceil(bound_s)}s", "--only-summary",
            "--csv", str(work / "run"), "--xmpp-no-sm", "--xmpp-domain", plan.domain, "--xmpp-muc", plan.muc,
            "--xmpp-users-per-process", str(max(plan.users, 1000)), "--xmpp-timeout", "30"]  # fmt: skip
-    result = measure(cmd, env, work, work / "locust.log", bound_s + 30, lab.pid)
+    spy: list[subprocess.Popen[bytes]] = []
+
+    def attach(pid: int) -> None:
+        # py-spy samples from outside the tree (its CPU is not the generator's), without pausing it.
+        with open(work / "py-spy.log", "wb") as log:
+            spy.append(subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+                                         "--rate", "100", "--nonblocking", "--format", "raw", "--output",
+                                         str(profile)], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+
+    result = measure(cmd, env, work, work / "locust.log", bound_s + 30, lab.pid, attach if profile else None)
+    for p in spy:  # py-spy writes its file and exits once Locust is gone
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.terminate()
+            p.wait()
     counts = locust_counts(work / "run_stats.csv")
     result["own_counts"] = {
         "users_started": plan.users,
@@ -407,6 +436,42 @@ def locust_counts(path: Path) -> dict[str, tuple[int, int]]:
     with open(path, newline="") as f:
         return {row["Name"]: (int(row["Request Count"]), int(row["Failure Count"]))
                 for row in csv.DictReader(f) if row["Name"] != "Aggregated"}  # fmt: skip
+
+
+def top_frames(collapsed: str, count: int = 20) -> dict:
+    """The functions the most samples were in, from py-spy's collapsed stacks (``frame;frame;... N``): own
+    (the innermost frame) and total (anywhere in the stack, once per sample), as % of all samples."""
+    own: dict[tuple[str, str], int] = {}
+    total: dict[tuple[str, str], int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        weight = int(n)
+        samples += weight
+        frames = [_frame(f) for f in stack.split(";")]
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + weight
+        own[frames[-1]] = own.get(frames[-1], 0) + weight
+    def row(f: tuple[str, str]) -> dict:
+        return {"function": f[0], "file": f[1], "own_pct": round(100 * own.get(f, 0) / samples, 1),
+                "total_pct": round(100 * total[f] / samples, 1)}  # fmt: skip
+
+    return {"samples": samples,
+            "by_own": [row(f) for f in sorted(total, key=lambda f: (own.get(f, 0), total[f]), reverse=True)[:count]],
+            "by_total": [row(f) for f in sorted(total, key=lambda f: total[f], reverse=True)[:count]]}  # fmt: skip
+
+
+def _frame(text: str) -> tuple[str, str]:
+    """``function (path/to/file.py:123)`` as (function, the file's path from its package on)."""
+    name, _, where = text.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/xmpp_user/", "/lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1] if marker != "/xmpp_user/" else "xmpp_user/" + path.split(marker, 1)[1]
+            break
+    return name.strip(), path
 
 
 # -- the server's side ----------------------------------------------------------------------------------------
@@ -454,7 +519,10 @@ def one_run(generator: str, plan: Plan, work: Path, args: argparse.Namespace) ->
         if generator == "tsung":
             result = run_tsung(plan, lab, work, args.tsung_transport, bound_s)
         else:
-            result = run_locust(plan, lab, work, bound_s)
+            profile = Path(f"{args.py_spy}.{work.name}") if args.py_spy else None
+            result = run_locust(plan, lab, work, bound_s, profile)
+            if profile is not None and profile.exists():
+                result["profile"] = {"file": str(profile), "top": top_frames(profile.read_text())}
         per_room = archived(lab, plan)
     finally:
         lab.down()
@@ -546,6 +614,8 @@ def main() -> int:
     parser.add_argument("--json", help="write the measurements to this file")
     parser.add_argument("--workdir", help="make the run's temporary directory there (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (the logs) at the end")
+    parser.add_argument("--py-spy", metavar="PREFIX", help="profile each locust-xmpp run with py-spy (.venv's) into "
+                        "PREFIX.locust-xmpp-N (collapsed stacks); top frames printed and in the JSON")  # fmt: skip
     args = parser.parse_args()
     generators = [g for g in args.generators.split(",") if g]
     if unknown := set(generators) - set(GENERATORS):
@@ -581,6 +651,14 @@ def main() -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     print()
     means = report(results)
+    for n, r in enumerate(results.get("locust-xmpp", []), 1):
+        if r.get("profile"):
+            top = r["profile"]["top"]
+            for order in ("by_own", "by_total"):
+                print(f"\nlocust-xmpp run {n}, py-spy, {top['samples']} samples, {order.replace('_', ' ')} "
+                      "(own % / total %):")  # fmt: skip
+                for f in top[order]:
+                    print(f"  {f['own_pct']:5.1f} {f['total_pct']:5.1f}  {f['function']}  {f['file']}")
     load_after = os.getloadavg()
     print(f"load average: {_load(load_before)} before, {_load(load_after)} after")
     short = [f"{g} run {n}: {r['server']['deliveries']} of {plan.deliveries} deliveries"

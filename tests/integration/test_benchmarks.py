@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -235,3 +236,25 @@ def test_frame_path(tmp_path: Path) -> None:
     assert bench.lines(r"^40 messages and ack requests read, 40 acks written: [\d.]+ us of CPU"), bench.tail()
     data = json.loads(out.read_text())
     assert (data["messages"], data["acks_sent"]) == (40, 40) and "us_per_delivered_message" in data, data
+
+
+def test_tsung_compare(tmp_path: Path) -> None:
+    """4 users in rooms of 2, 2 messages each a second apart, one run of each generator (locust-xmpp alone where
+    Tsung is not installed): the table, and the JSON with every planned delivery made by the server and counted by
+    locust-xmpp (Tsung's own count falls short by design: its WebSocket client reads one frame per TCP read)."""
+    generators = "tsung,locust-xmpp" if shutil.which("tsung") else "locust-xmpp"
+    out = tmp_path / "tsung.json"
+    bench = run_benchmark("tsung_compare.py", tmp_path, "--runs", "1", "--users", "4", "--occupants", "2",
+                          "--interval", "1", "--messages", "2", "--arrival-rate", "10", "--generators", generators,
+                          "--json", str(out), timeout=180)  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["plan"]["planned_deliveries"] == 2 * (2 * 2) * 2  # 2 rooms, 2 messages from each of 2 occupants to 2
+    for generator in generators.split(","):
+        assert bench.lines(rf"^\| +{generator} \| +1 \|"), bench.tail()
+        (run,) = data["runs"][generator]
+        assert run["server"]["deliveries"] == 16 and run["server"]["messages_archived"] == 8, (generator, run)
+        assert run["own_counts"]["messages_sent"] == 8, (generator, run)
+        assert run["exit_code"] == 0 and not run["stopped_past_bound"], (generator, run)
+        assert run["cpu_s"] > 0 and run["peak_rss_mib"] > 0, (generator, run)
+    assert data["runs"]["locust-xmpp"][0]["own_counts"]["deliveries"] == 16
+    assert data["runs"]["locust-xmpp"][0]["own_counts"]["failures"] == 0
