@@ -29,6 +29,14 @@ both). Tsung 1.7's counts fall short of it: its WebSocket client decodes one fra
 the rest in its buffer until the next read (the last ones are never read), and its ``bidi`` parser counts one
 stamp per chunk received, however many stanzas the chunk holds.
 
+What differs between the two, beside the language: Tsung opens its stream with ``<stream:stream>`` inside WebSocket
+text frames (the framing before RFC 7395) and sends stanzas without ``xmlns``; Prosody 0.12 accepts both (it
+rewrites only ``<open/>`` and feeds the frames to one stream parser) and answers in RFC 7395 framing. Tsung's
+``ack="local"`` takes any data for the answer and it does not wait for its room join or its message's reflection;
+locust-xmpp waits for the join's self-presence and each reflection (its ``muc_join`` and ``message`` requests).
+Tsung's users arrive at random (exponential gaps of mean 1 / rate), Locust's evenly. Tsung's body is its 16-byte
+stamp; ours a short text and the message truth's marker element. Both read and parse every stanza they receive.
+
 JSON out (``--json FILE``), a printed table, the machine's load average before and after each run. Bounded:
 each generator's run is stopped (by PID) past twice its planned length plus two minutes.
 """
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.metadata
 import json
 import math
 import os
@@ -546,14 +555,10 @@ def one_run(generator: str, plan: Plan, work: Path, args: argparse.Namespace) ->
 def machine() -> dict:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
     model = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "")
-    versions = {"python": platform.python_version()}
-    for name, cmd in (("prosody", ["prosody", "--version"]), ("erlang", ["erl", "-noshell", "-eval",
-                      "io:put_chars(erlang:system_info(otp_release)), halt()."])):  # fmt: skip
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, check=False).stdout
-            versions[name] = out.strip().splitlines()[0] if out.strip() else ""
-        except (OSError, subprocess.TimeoutExpired):
-            versions[name] = ""
+    versions = {"python": platform.python_version(), "locust": importlib.metadata.version("locust")}
+    for package in ("prosody", "tsung", "erlang-base"):
+        versions[package] = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True,
+                                           text=True, check=False).stdout  # fmt: skip
     return {"cpu_model": model, "cores": os.cpu_count(), "system": platform.platform(), **versions}
 
 
