@@ -403,14 +403,16 @@ def tsung_stats(text: str) -> dict[str, int]:
     return totals
 
 
-def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path | None) -> dict:
+def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path | None, report: bool) -> dict:
     (work / "talkers.py").write_text(LOCUSTFILE)
     env = {**os.environ, "PYTHONPATH": str(REPO), "CMP_USERS": str(plan.users), "CMP_OCCUPANTS": str(plan.occupants),
            "CMP_INTERVAL": str(plan.interval), "CMP_MESSAGES": str(plan.messages), "CMP_ROOM": ROOM}  # fmt: skip
     cmd = [sys.executable, "-m", "locust", "-f", str(work / "talkers.py"), "--headless", "--host", lab.websocket_url,
            "-u", str(plan.users), "-r", f"{plan.arrival_rate:g}", "-t", f"{math.ceil(bound_s)}s", "--only-summary",
-           "--csv", str(work / "run"), "--xmpp-no-sm", "--xmpp-domain", plan.domain, "--xmpp-muc", plan.muc,
+           "--xmpp-no-sm", "--xmpp-domain", plan.domain, "--xmpp-muc", plan.muc,
            "--xmpp-users-per-process", str(max(plan.users, 1000)), "--xmpp-timeout", "30"]  # fmt: skip
+    # --csv makes a headless run sample itself and draw its report at the end (matplotlib); Tsung draws none.
+    cmd += ["--csv", str(work / "run")] if report else ["--json-file", str(work / "stats")]
     spy: list[subprocess.Popen[bytes]] = []
 
     def attach(pid: int) -> None:
@@ -427,7 +429,7 @@ def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path |
         except subprocess.TimeoutExpired:
             p.terminate()
             p.wait()
-    counts = locust_counts(work / "run_stats.csv")
+    counts = locust_counts(work / "run_stats.csv") if report else locust_json_counts(work / "stats.json")
     result["own_counts"] = {
         "users_started": plan.users,
         "messages_sent": counts.get("message", (0, 0))[0],
@@ -435,7 +437,7 @@ def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path |
         "failures": sum(failures for _n, failures in counts.values()),
     }
     if not counts:
-        result["error"] = "locust wrote no run_stats.csv"
+        result["error"] = "locust wrote no statistics"
     return result
 
 
@@ -481,6 +483,12 @@ def _frame(text: str) -> tuple[str, str]:
             path = path.split(marker, 1)[1] if marker != "/xmpp_user/" else "xmpp_user/" + path.split(marker, 1)[1]
             break
     return name.strip(), path
+
+
+def locust_json_counts(path: Path) -> dict[str, tuple[int, int]]:
+    if not path.exists():
+        return {}
+    return {e["name"]: (e["num_requests"], e["num_failures"]) for e in json.loads(path.read_text())}
 
 
 # -- the server's side ----------------------------------------------------------------------------------------
@@ -529,7 +537,7 @@ def one_run(generator: str, plan: Plan, work: Path, args: argparse.Namespace) ->
             result = run_tsung(plan, lab, work, args.tsung_transport, bound_s)
         else:
             profile = Path(f"{args.py_spy}.{work.name}") if args.py_spy else None
-            result = run_locust(plan, lab, work, bound_s, profile)
+            result = run_locust(plan, lab, work, bound_s, profile, args.locust_report)
             if profile is not None and profile.exists():
                 result["profile"] = {"file": str(profile), "top": top_frames(profile.read_text())}
         per_room = archived(lab, plan)
@@ -616,6 +624,8 @@ def main() -> int:
     parser.add_argument("--arrival-rate", type=float, default=50.0, help="users arriving per second")
     parser.add_argument("--generators", default=",".join(GENERATORS), help="which to run, in this order each run")
     parser.add_argument("--tsung-transport", choices=TRANSPORTS, default="websocket")
+    parser.add_argument("--locust-report", action="store_true", help="run Locust with --csv, as an operator does: "
+                        "it samples the run and draws its report at the end (default: --json-file)")  # fmt: skip
     parser.add_argument("--json", help="write the measurements to this file")
     parser.add_argument("--workdir", help="make the run's temporary directory there (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (the logs) at the end")
