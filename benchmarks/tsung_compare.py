@@ -1,13 +1,14 @@
 """The generator against Tsung 1.7 on the same plan: each one's CPU, memory and the server's work, side by side.
 
     python benchmarks/tsung_compare.py [--runs 2] [--users 500] [--occupants 10] [--interval 10] [--messages 6]
-        [--arrival-rate 50] [--generators tsung,locust-xmpp] [--tsung-transport websocket] [--json FILE]
+        [--arrival-rate 50] [--generators tsung,locust-xmpp] [--tsung-transport websocket] [--locust-report]
+        [--py-spy PREFIX] [--json FILE] [--workdir DIR] [--keep]
 
 The plan, for both generators: ``--users`` users arrive at ``--arrival-rate`` a second, each logs in anonymously
 (SASL ANONYMOUS, bind, no stream management: Tsung has none), joins room ``room{n // occupants}`` (rooms of
-``--occupants``), sends a groupchat message at once and then every ``--interval`` seconds, ``--messages`` in all,
-and closes its stream one interval after its last message (so every occupant is still there for every message of
-its room). For each of ``--runs`` runs and each generator, a fresh lab Prosody (memory storage) and:
+``--occupants``), sends a groupchat message every ``--interval`` seconds from one interval after joining,
+``--messages`` in all, and closes its stream one interval after its last message (so every occupant is in its room
+for every message of it). For each of ``--runs`` runs and each generator, a fresh lab Prosody (memory storage) and:
 
 - ``tsung``: ``tsung -n -f PLAN.xml start`` (Debian's tsung 1.7.0, one Erlang VM: ``use_controller_vm``), its
   ``ts_jabber`` session over ``--tsung-transport`` (``websocket``: the lab's ``/xmpp-websocket`` with text frames
@@ -16,18 +17,22 @@ its room). For each of ``--runs`` runs and each generator, a fresh lab Prosody (
   here, by PID) and its Erlang distribution on loopback;
 - ``locust-xmpp``: one real headless ``locust`` process (``--xmpp-no-sm``, ``--only-summary``) whose users are the
   project's ``XmppUser`` with the message truth (a marked message, its reflection awaited, every delivery's
-  latency recorded as ``message_delivery``): the benchmark's own small locustfile, written next to the run.
+  latency recorded as ``message_delivery``): the benchmark's own small locustfile, written next to the run. Its
+  statistics go to ``--json-file``; with ``--locust-report`` to ``--csv`` instead, as an operator runs it, which
+  also samples the run and draws its report at the end. ``--py-spy PREFIX`` profiles it (py-spy from .venv,
+  attached from outside the measured tree) and prints the top frames.
 
-Measured: the generator's whole process tree (Tsung: the shell script, ``beam.smp`` and the port programs it
-starts) from its start to its exit: CPU (utime + stime with its children's, from ``wait4``) and peak RSS (the
-tree's VmRSS summed, sampled every half second); Prosody's CPU over the same span; the messages sent and the
-deliveries each generator counted itself (Tsung: its ``tr_chat`` transactions and ``xmpp_msg_latency`` samples;
-locust-xmpp: its ``message`` and ``message_delivery`` requests); and what the server did, read back once the
-generator is gone: each room's archive count (MAM, RSM ``count``) times its occupants is the deliveries the
-server made. CPU per delivery divides each process's CPU by the server's deliveries (the same denominator for
-both). Tsung 1.7's counts fall short of it: its WebSocket client decodes one frame per TCP read and leaves
-the rest in its buffer until the next read (the last ones are never read), and its ``bidi`` parser counts one
-stamp per chunk received, however many stanzas the chunk holds.
+Measured: the generator's whole process tree (Tsung: the shell script, ``beam.smp`` and the port programs it starts)
+from its start to its exit: CPU (utime + stime of every process of it that was waited for, read by a small wrapper
+as ``RUSAGE_CHILDREN``) and peak RSS (the tree's VmRSS summed, sampled every half second); Prosody's CPU over the
+same span; the messages sent and the deliveries each generator counted itself (Tsung: its ``tr_chat`` transactions
+and ``xmpp_msg_latency`` samples; locust-xmpp: its ``message`` and ``message_delivery`` requests); and what the
+server did, read back once the generator is gone: each room's archive count (MAM, RSM ``count``) times its occupants
+is the deliveries the server made. CPU per delivery divides each process's CPU by the server's deliveries (the same
+denominator for both). Tsung 1.7's counts fall short of it: its WebSocket client decodes one frame per TCP read and
+leaves the rest in its buffer until the next read (the last ones are never read), and its ``bidi`` parser counts one
+stamp per chunk received, however many stanzas the chunk holds (and in a run of a few seconds its statistics may not
+be written at all: it dumps them every 10 s).
 
 What differs between the two, beside the language: Tsung opens its stream with ``<stream:stream>`` inside WebSocket
 text frames (the framing before RFC 7395) and sends stanzas without ``xmlns``; Prosody 0.12 accepts both (it

@@ -241,7 +241,7 @@ def test_frame_path(tmp_path: Path) -> None:
 def test_tsung_compare(tmp_path: Path) -> None:
     """4 users in rooms of 2, 2 messages each a second apart, one run of each generator (locust-xmpp alone where
     Tsung is not installed): the table, and the JSON with every planned delivery made by the server and counted by
-    locust-xmpp (Tsung's own count falls short by design: its WebSocket client reads one frame per TCP read)."""
+    locust-xmpp (Tsung's own count falls short: its WebSocket client decodes one frame per TCP read)."""
     generators = "tsung,locust-xmpp" if shutil.which("tsung") else "locust-xmpp"
     out = tmp_path / "tsung.json"
     bench = run_benchmark("tsung_compare.py", tmp_path, "--runs", "1", "--users", "4", "--occupants", "2",
@@ -253,8 +253,8 @@ def test_tsung_compare(tmp_path: Path) -> None:
         assert bench.lines(rf"^\| +{generator} \| +1 \|"), bench.tail()
         (run,) = data["runs"][generator]
         assert run["server"]["deliveries"] == 16 and run["server"]["messages_archived"] == 8, (generator, run)
-        assert run["own_counts"]["messages_sent"] == 8, (generator, run)
         assert run["exit_code"] == 0 and not run["stopped_past_bound"], (generator, run)
         assert run["cpu_s"] > 0 and run["peak_rss_mib"] > 0, (generator, run)
-    assert data["runs"]["locust-xmpp"][0]["own_counts"]["deliveries"] == 16
-    assert data["runs"]["locust-xmpp"][0]["own_counts"]["failures"] == 0
+    # Tsung's own totals are not asserted: a run this short can end before its statistics are written.
+    own = data["runs"]["locust-xmpp"][0]["own_counts"]
+    assert (own["messages_sent"], own["deliveries"], own["failures"]) == (8, 16, 0), own
