@@ -19,8 +19,8 @@ for every message of it). For each of ``--runs`` runs and each generator, a fres
   project's ``XmppUser`` with the message truth (a marked message, its reflection awaited, every delivery's
   latency recorded as ``message_delivery``): the benchmark's own small locustfile, written next to the run. Its
   statistics go to ``--json-file``; with ``--locust-report`` to ``--csv`` instead, as an operator runs it, which
-  also samples the run and draws its report at the end. ``--py-spy PREFIX`` profiles it (py-spy from .venv,
-  attached from outside the measured tree) and prints the top frames.
+  also writes the run's timeline files and draws its report at the end. ``--py-spy PREFIX`` profiles it (py-spy
+  from .venv, attached from outside the measured tree) and prints the top frames.
 
 Measured: the generator's whole process tree (Tsung: the shell script, ``beam.smp`` and the port programs it starts)
 from its start to its exit: CPU (utime + stime of every process of it that was waited for, read by a small wrapper
@@ -416,7 +416,8 @@ def run_locust(plan: Plan, lab: Lab, work: Path, bound_s: float, profile: Path |
            "-u", str(plan.users), "-r", f"{plan.arrival_rate:g}", "-t", f"{math.ceil(bound_s)}s", "--only-summary",
            "--xmpp-no-sm", "--xmpp-domain", plan.domain, "--xmpp-muc", plan.muc,
            "--xmpp-users-per-process", str(max(plan.users, 1000)), "--xmpp-timeout", "30"]  # fmt: skip
-    # --csv makes a headless run sample itself and draw its report at the end (matplotlib); Tsung draws none.
+    # --csv makes a headless run write its timeline files and draw its report at the end (matplotlib); Tsung draws
+    # none. Either way the run samples itself each second (xmpp_user.observe.timeline).
     cmd += ["--csv", str(work / "run")] if report else ["--json-file", str(work / "stats")]
     spy: list[subprocess.Popen[bytes]] = []
 
@@ -630,7 +631,7 @@ def main() -> int:
     parser.add_argument("--generators", default=",".join(GENERATORS), help="which to run, in this order each run")
     parser.add_argument("--tsung-transport", choices=TRANSPORTS, default="websocket")
     parser.add_argument("--locust-report", action="store_true", help="run Locust with --csv, as an operator does: "
-                        "it samples the run and draws its report at the end (default: --json-file)")  # fmt: skip
+                        "it writes its timeline and draws its report at the end (default: --json-file)")  # fmt: skip
     parser.add_argument("--json", help="write the measurements to this file")
     parser.add_argument("--workdir", help="make the run's temporary directory there (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (the logs) at the end")
