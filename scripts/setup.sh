@@ -17,6 +17,8 @@ python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Prometheus: promtool checks the exporters' output, the scrape config and the dashboard's PromQL; the exporter
 # and report tests run a private one (never the service).
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+# Tsung, the generator benchmarks/tsung_compare.py measures ours against (an Erlang program: ejabberd brings the runtime).
+command -v tsung >/dev/null || need_apt+=(tsung)
 # podman and what it runs with, for the image (scripts/image.sh: a Debian base from debootstrap, no registry) and the
 # container test (tests/containers: the rendered k8s/ played with podman kube play). Its settings for this machine
 # are the project's own (k8s/podman/containers.conf, through CONTAINERS_CONF), not /etc's.

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -239,10 +238,10 @@ def test_frame_path(tmp_path: Path) -> None:
 
 
 def test_tsung_compare(tmp_path: Path) -> None:
-    """4 users in rooms of 2, 2 messages each a second apart, one run of each generator (locust-xmpp alone where
-    Tsung is not installed): the table, and the JSON with every planned delivery made by the server and counted by
+    """4 users in rooms of 2, 2 messages each a second apart, one run of each generator (scripts/setup.sh installs
+    Tsung): the table, and the JSON with every planned delivery made by the server and counted by
     locust-xmpp (Tsung's own count falls short: its WebSocket client decodes one frame per TCP read)."""
-    generators = "tsung,locust-xmpp" if shutil.which("tsung") else "locust-xmpp"
+    generators = "tsung,locust-xmpp"
     out = tmp_path / "tsung.json"
     bench = run_benchmark("tsung_compare.py", tmp_path, "--runs", "1", "--users", "4", "--occupants", "2",
                           "--interval", "1", "--messages", "2", "--arrival-rate", "10", "--generators", generators,
