@@ -38,6 +38,8 @@ JOIN_TIMEOUT = 90.0
 """Seconds a client may take from opening until it is in the room (Chromium pages on a busy 2-core machine)."""
 IDLE_EVERY = 0.5
 """Seconds between an emulated viewer's idle calls (as the livechat viewer's task loop)."""
+SAMPLE = 0.5
+"""Seconds between two samples of the server's CPU time."""
 ROOM = "motion"
 FIXTURE = Path(__file__).with_name("converse-14-motion.json")
 """Real Converse.js 14 in motion, per lab server, normalised (``locust-xmpp fidelity record --motion``)."""
@@ -90,6 +92,11 @@ class Motion:
     window_seconds: float
     load_average: tuple[float, float, float]
     pages: list[Page]
+    server_switches: dict[str, int] = field(default_factory=dict)
+    """The server's context switches over the window (/proc/PID/status): ``voluntary`` counts its waits for
+    input (event loop wake-ups), ``nonvoluntary`` the times the kernel took the CPU from it."""
+    cpu_samples: list[tuple[float, float]] = field(default_factory=list)
+    """(seconds since the window opened, the server's CPU-seconds since then), about every ``SAMPLE`` s."""
 
     @property
     def ms_per_join(self) -> float:
@@ -152,6 +159,7 @@ def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, v
     dist = converse.install(version)
     html = PAGE % json.dumps(page_options(lab.websocket_url, room, lab.domain, view))
     pages: list[Page] = []
+    samples: list[tuple[float, float]] = []
     t0 = time.monotonic()
 
     def hooks(page: Page) -> Callable[[Any], None]:
@@ -179,11 +187,13 @@ def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, v
         browser = p.chromium.launch(executable_path=converse.CHROMIUM, headless=True, args=converse.CHROMIUM_FLAGS)
         try:
             tabs: list[Any] = []
-            cpu0 = lab.cpu_seconds()
+            cpu0, io0 = lab.cpu_seconds(), _io(lab)
             t0 = time.monotonic()
             end = t0 + (joins - 1) * interval + stay
             while True:
                 now = time.monotonic() - t0
+                if not samples or now - samples[-1][0] >= SAMPLE:
+                    samples.append((round(now, 3), round(lab.cpu_seconds() - cpu0, 3)))
                 if len(tabs) < joins and now >= len(tabs) * interval:
                     page = Page(len(tabs), nick(len(tabs)), round(now, 3))
                     context = browser.new_context(viewport={"width": view.viewport[0], "height": view.viewport[1]})
@@ -203,12 +213,12 @@ def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, v
                     tabs[-1].wait_for_timeout(50)  # Playwright delivers the frames while it waits
                 else:
                     time.sleep(0.05)
-            cpu = lab.cpu_seconds() - cpu0
+            cpu, io = lab.cpu_seconds() - cpu0, _since(io0, _io(lab))
             window = time.monotonic() - t0
         finally:
             browser.close()
     return Motion(lab.server, f"converse {version}", room, joins, interval, stay, round(cpu, 3), round(window, 3),
-                  _load(), pages)  # fmt: skip
+                  _load(), pages, io, samples)  # fmt: skip
 
 
 # -- emulated viewers ----------------------------------------------------------------------------
@@ -231,7 +241,7 @@ def emulated_motion(lab: Any, room: str, joins: int, interval: float, stay: floa
     where = scene.Scene(lab.websocket_url, lab.domain, lab.muc_domain, room)
     failures = _Failures()
     pages: list[Page] = []
-    cpu0 = lab.cpu_seconds()
+    cpu0, io0 = lab.cpu_seconds(), _io(lab)
     t0 = time.monotonic()
     end = t0 + (joins - 1) * interval + stay
     errors: list[str] = []
@@ -256,19 +266,42 @@ def emulated_motion(lab: Any, room: str, joins: int, interval: float, stay: floa
         finally:
             viewer.xmpp.abort()
 
-    greenlets = []
+    samples: list[tuple[float, float]] = []
+
+    def sample() -> None:
+        while time.monotonic() < end:
+            samples.append((round(time.monotonic() - t0, 3), round(lab.cpu_seconds() - cpu0, 3)))
+            gevent.sleep(SAMPLE)
+
+    greenlets = [gevent.spawn(sample)]
     for i in range(joins):
         gevent.sleep(max(0.0, t0 + i * interval - time.monotonic()))
         page = Page(i, nick(i), round(time.monotonic() - t0, 3))
         pages.append(page)
         greenlets.append(gevent.spawn(live, page))
     gevent.joinall(greenlets, timeout=max(0.0, end - time.monotonic()) + join_timeout + 10)
-    cpu = lab.cpu_seconds() - cpu0
+    cpu, io = lab.cpu_seconds() - cpu0, _since(io0, _io(lab))
     window = time.monotonic() - t0
     gevent.killall(greenlets, timeout=5)
     if errors:
         raise MotionError(errors[0])
-    return Motion(lab.server, profile, room, joins, interval, stay, round(cpu, 3), round(window, 3), _load(), pages)
+    return Motion(lab.server, profile, room, joins, interval, stay, round(cpu, 3), round(window, 3), _load(), pages,
+                  io, samples)  # fmt: skip
+
+
+def _io(lab: Any) -> dict[str, int]:
+    """The server process's context switches (empty where /proc/PID/status cannot be read)."""
+    try:
+        lines = Path(f"/proc/{lab.pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    names = {k: f"{k}_ctxt_switches" for k in ("voluntary", "nonvoluntary")}
+    return {k: int(fields[name]) for k, name in names.items() if name in fields}
+
+
+def _since(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before.keys() & after.keys()}
 
 
 def _load() -> tuple[float, float, float]:
