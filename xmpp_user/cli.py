@@ -261,16 +261,23 @@ def k8s_master(args: argparse.Namespace) -> int:
 # ---- end of k8s ----
 # ---- fidelity: the emulated viewers against real Converse.js (xmpp_user.fidelity) ----
 def fidelity_record(args: argparse.Namespace) -> int:
-    from xmpp_user.fidelity import converse, run, scene
+    from xmpp_user.fidelity import converse, motion, run, scene
 
-    out = args.out or scene.FIXTURE
+    out = args.out or (motion.FIXTURE if args.motion else scene.FIXTURE)
     version = args.converse or (scene.load_fixture()["converse"] if scene.FIXTURE.is_file() else converse.VERSION)
     try:
-        fixture = run.record(args.server or list(SERVERS), out, version)
-    except converse.RecorderError as exc:
+        if args.motion:
+            fixture = run.record_motion(args.server or list(SERVERS), out, version)
+        else:
+            fixture = run.record(args.server or list(SERVERS), out, version)
+    except (converse.RecorderError, motion.MotionError) as exc:
         raise CliError(str(exc)) from None
     for server, entry in fixture["servers"].items():
-        print(f"{server}: converse.js {version} sent {len(entry['kinds'])} requests")
+        if args.motion:
+            sent = sum(len(p["sent"]) for p in entry["pages"])
+            print(f"{server}: {entry['joins']} converse.js {version} pages sent {sent} frames in {entry['stay']:g} s")
+        else:
+            print(f"{server}: converse.js {version} sent {len(entry['kinds'])} requests")
     print(f"Fixture: {out}")
     return EXIT_OK
 
@@ -462,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "fixture's own)")  # fmt: skip
     rec.add_argument("--server", choices=SERVERS, action="append", help="one lab server (default: both)")
     rec.add_argument("--out", type=Path, default=None, metavar="FILE", help="default: the package's fixture")
+    rec.add_argument("--motion", action="store_true", help="the moving scene instead: 10 pages joining a room with "
+                     "a 50-message archive one every 2 s and staying a minute (converse-14-motion.json)")  # fmt: skip
     rec.set_defaults(command="fidelity record")
     cmp = fidelity_commands.add_parser(
         "compare", help="how a client profile's viewer differs from real Converse.js (exit 1 if it does)",

@@ -96,6 +96,8 @@ class Motion:
     """The server's context switches over the window (/proc/PID/status): ``voluntary`` counts its waits for
     input (event loop wake-ups), ``nonvoluntary`` the times the kernel took the CPU from it."""
     cpu_samples: list[tuple[float, float]] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    """Requests of emulated viewers that failed (name: reason); real pages record none."""
     """(seconds since the window opened, the server's CPU-seconds since then), about every ``SAMPLE`` s."""
 
     @property
@@ -286,7 +288,7 @@ def emulated_motion(lab: Any, room: str, joins: int, interval: float, stay: floa
     if errors:
         raise MotionError(errors[0])
     return Motion(lab.server, profile, room, joins, interval, stay, round(cpu, 3), round(window, 3), _load(), pages,
-                  io, samples)  # fmt: skip
+                  io, samples, failures.failed)  # fmt: skip
 
 
 def _io(lab: Any) -> dict[str, int]:
@@ -386,3 +388,83 @@ def summary(runs: list[CostRun]) -> dict[str, Any]:
         "real_ms_per_join_median": round(statistics.median(r.real.ms_per_join for r in runs), 1),
         "emulated_ms_per_join_median": round(statistics.median(r.emulated.ms_per_join for r in runs), 1),
     }
+
+
+# -- the recording of real Converse in motion, and the comparison ---------------------------------
+
+MOTION_JOINS, MOTION_INTERVAL, MOTION_STAY = 10, 2.0, 60.0
+"""The recorded scene: 10 pages, one every 2 s, staying a minute (two keepalive pings' worth of quiet)."""
+TIMING = ("sm:r", "sm:a")
+"""Kinds whose count depends on when answers arrive: compared within ``TIMING_FACTOR``."""
+TIMING_FACTOR = 2.5
+"""How far the stream-management acks may differ: within this factor of the recorded count (and one per page).
+The server asks for an ack after a burst of its output when none is outstanding, so the count follows how the
+client's requests and the server's answers interleave: close on Prosody, while on ejabberd the emulated
+viewer's fast join (60 ms where the page takes 0.5-1 s) draws about 1.9 times the page's requests."""
+PINGS = ("iq-get ping domain", "iq-result domain")
+"""A keepalive ping and its answer (the only empty result from the domain): within one per page."""
+CAPS = ("iq-get disco#info own#caps", "iq-get disco#info domain#caps", "iq-result disco#info#caps")
+"""The server's caps queries and their answers: a server asks once per caps hash in its life, so a lab that
+met Converse's hash before (another test) asks fewer: at most the recorded number."""
+
+
+def groups(joins: int) -> dict[str, range]:
+    """Page positions compared together: the first page sees every later join; the later ones fewer."""
+    return {"first": range(0, 1), "later": range(1, joins)}
+
+
+def normalise(motion: Motion) -> dict[str, Any]:
+    """What the fixture keeps of a run of real pages: per page, the kinds sent (in order) and received
+    (counted), without addresses, ids or times."""
+    pages = []
+    for page in motion.pages:
+        pages.append({"position": page.position, "sent": reduce(motion, page, "sent"),
+                      "received": dict(sorted(Counter(reduce(motion, page, "received")).items()))})  # fmt: skip
+    return {"server": motion.server, "client": motion.client, "joins": motion.joins, "interval": motion.interval,
+            "stay": motion.stay, "archive": ARCHIVE, "pages": pages}  # fmt: skip
+
+
+def compare_motion(recorded: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """How ``ours`` (normalised) differs from the recording beyond the tolerances, one line each."""
+    problems = []
+    for group, positions in groups(recorded["joins"]).items():
+        for way in ("sent", "received"):
+            want = _counts(recorded, way, positions)
+            got = _counts(ours, way, positions)
+            for k in sorted(want.keys() | got.keys()):
+                a, b = want[k], got[k]
+                if k in TIMING:
+                    more, fewer = round(a * (TIMING_FACTOR - 1)), round(a - a / TIMING_FACTOR)
+                    slack = max(len(positions), more if b > a else fewer)
+                elif k in PINGS:
+                    slack = len(positions)
+                elif k.startswith(CAPS):
+                    slack = a if b <= a else 0
+                else:
+                    slack = 0
+                if abs(a - b) > slack:
+                    problems.append(f"{group} page(s) {way} {k}: real Converse {a}, the emulation {b}")
+        for r_page, o_page in zip(recorded["pages"], ours["pages"], strict=False):
+            if r_page["position"] in positions:
+                problems += [f"{group} page {r_page['position']}: {p}" for p in _order(r_page["sent"], o_page["sent"])]
+    return problems
+
+
+def _counts(normalised: dict[str, Any], way: str, positions: range) -> Counter[str]:
+    total: Counter[str] = Counter()
+    for page in normalised["pages"]:
+        if page["position"] in positions:
+            total.update(page[way])  # a list of kinds (sent) or a {kind: count} (received)
+    return total
+
+
+def _order(real: list[str], ours: list[str]) -> list[str]:
+    """scene.compare's order check alone (pings and acks left out): the milestones one client keeps in order
+    and the other inverts. Requests sent together may come in any order."""
+    keep = [k for k in real if k not in TIMING and k not in PINGS]
+    mine = [k for k in ours if k not in TIMING and k not in PINGS]
+    return [p for p in scene.compare(keep, mine) if p.startswith("order:")]
+
+
+def load_motion_fixture(path: Path = FIXTURE) -> dict[str, Any]:
+    return json.loads(path.read_text())

@@ -94,3 +94,22 @@ def cost(server: str, profile: str, joins: int, interval: float, stay: float, ru
                 f"{e.frames_per_join('received'):.0f}; load average {r.load_average[0]:.2f} / "
                 f"{e.load_average[0]:.2f}")  # fmt: skip
     return done, motion.summary(done)
+
+
+def record_motion(servers: list[str], out: Path, version: str = converse.VERSION) -> dict[str, Any]:
+    """Record real Converse in the moving scene (motion.MOTION_*) on each server's fresh lab; write and return
+    the fixture."""
+    fixture: dict[str, Any] = {"converse": version, "servers": {}}
+    view = motion.VIEWS["converse-14"]
+    with tempfile.TemporaryDirectory(prefix="locust-xmpp-fidelity-") as root:
+        for server in servers:
+            lab = _lab(server, root)
+            try:
+                room = motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
+                real = motion.real_motion(lab, room, motion.MOTION_JOINS, motion.MOTION_INTERVAL, motion.MOTION_STAY,
+                                          view, version)  # fmt: skip
+            finally:
+                lab.down()
+            fixture["servers"][server] = {**motion.normalise(real), "viewport": list(view.viewport)}
+    out.write_text(json.dumps(fixture, indent=1) + "\n")
+    return fixture
