@@ -93,6 +93,8 @@ def cost(server: str, profile: str, joins: int, interval: float, stay: float, ru
                 f"{e.frames_per_join('sent'):.0f}, received {r.frames_per_join('received'):.0f} / "
                 f"{e.frames_per_join('received'):.0f}; load average {r.load_average[0]:.2f} / "
                 f"{e.load_average[0]:.2f}")  # fmt: skip
+            if e.failures:
+                out(f"  {len(e.failures)} request(s) of the {profile} viewers failed, the first: {e.failures[0]}")
     return done, motion.summary(done)
 
 
