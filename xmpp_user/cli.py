@@ -1,5 +1,5 @@
 """The ``locust-xmpp`` command: ``lab up | down | status | register``, ``exporter``, ``report``,
-``k8s scale | run | master`` and ``fidelity record | compare``.
+``k8s scale | run | master`` and ``fidelity record | compare | cost``.
 
 Each subcommand is a parser built in ``build_parser`` plus a handler in ``COMMANDS``, keyed by the
 command words (``"lab up"``); a new subcommand adds both.
@@ -8,6 +8,8 @@ command words (``"lab up"``); a new subcommand adds both.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import os
 import sys
@@ -259,16 +261,23 @@ def k8s_master(args: argparse.Namespace) -> int:
 # ---- end of k8s ----
 # ---- fidelity: the emulated viewers against real Converse.js (xmpp_user.fidelity) ----
 def fidelity_record(args: argparse.Namespace) -> int:
-    from xmpp_user.fidelity import converse, run, scene
+    from xmpp_user.fidelity import converse, motion, run, scene
 
-    out = args.out or scene.FIXTURE
+    out = args.out or (motion.FIXTURE if args.motion else scene.FIXTURE)
     version = args.converse or (scene.load_fixture()["converse"] if scene.FIXTURE.is_file() else converse.VERSION)
     try:
-        fixture = run.record(args.server or list(SERVERS), out, version)
-    except converse.RecorderError as exc:
+        if args.motion:
+            fixture = run.record_motion(args.server or list(SERVERS), out, version)
+        else:
+            fixture = run.record(args.server or list(SERVERS), out, version)
+    except (converse.RecorderError, motion.MotionError) as exc:
         raise CliError(str(exc)) from None
     for server, entry in fixture["servers"].items():
-        print(f"{server}: converse.js {version} sent {len(entry['kinds'])} requests")
+        if args.motion:
+            sent = sum(len(p["sent"]) for p in entry["pages"])
+            print(f"{server}: {entry['joins']} converse.js {version} pages sent {sent} frames in {entry['stay']:g} s")
+        else:
+            print(f"{server}: converse.js {version} sent {len(entry['kinds'])} requests")
     print(f"Fixture: {out}")
     return EXIT_OK
 
@@ -290,6 +299,41 @@ def fidelity_compare(args: argparse.Namespace) -> int:
     return 1 if any(found.values()) else EXIT_OK
 
 
+def fidelity_cost(args: argparse.Namespace) -> int:
+    from xmpp_user.fidelity import converse, motion, run
+
+    if args.client not in motion.VIEWS:
+        raise CliError(f"no real page for client profile {args.client!r} (choose from {', '.join(motion.VIEWS)})")
+    for name, value in (("--joins", args.joins), ("--runs", args.runs)):
+        if value < 1:
+            raise CliError(f"{name} must be at least 1, not {value}")
+    for name, seconds in (("--interval", args.interval), ("--stay", args.stay)):
+        if not 0 <= seconds <= 600:
+            raise CliError(f"{name} must be between 0 and 600 seconds, not {seconds:g}")
+    if args.joins > 100:
+        raise CliError(f"--joins {args.joins}: at most 100 Chromium pages on one machine")
+    print(f"{args.server}: {args.runs} run(s) of {args.joins} joins every {args.interval:g} s, staying "
+          f"{args.stay:g} s: real Converse.js pages ({motion.VIEWS[args.client].viewport[0]}x"
+          f"{motion.VIEWS[args.client].viewport[1]}) vs {args.client} viewers", flush=True)  # fmt: skip
+    try:
+        runs, summary = run.cost(args.server, args.client, args.joins, args.interval, args.stay, args.runs,
+                                 out=functools.partial(print, flush=True))  # fmt: skip
+    except (converse.RecorderError, motion.MotionError) as exc:
+        raise CliError(str(exc)) from None
+    print(
+        f"median ratio real/emulated {summary['ratio_median']:.2f} over {summary['runs']} run(s) "
+        f"(spread {summary['ratio_min']:.2f}-{summary['ratio_max']:.2f}); median server CPU per join: real "
+        f"{summary['real_ms_per_join_median']:.1f} ms, {args.client} {summary['emulated_ms_per_join_median']:.1f} ms"
+    )
+    if args.json:
+        body = {"server": args.server, "client": args.client, "joins": args.joins, "interval": args.interval,
+                "stay": args.stay, "summary": summary,
+                "runs": [{"real": r.real.to_json(), "emulated": r.emulated.to_json()} for r in runs]}  # fmt: skip
+        Path(args.json).write_text(json.dumps(body) + "\n")
+        print(f"JSON: {args.json}")
+    return EXIT_OK
+
+
 # ---- end of fidelity ----
 
 
@@ -305,13 +349,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "k8s master": k8s_master,
     "fidelity record": fidelity_record,
     "fidelity compare": fidelity_compare,
+    "fidelity cost": fidelity_cost,
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Load tests for XMPP servers over WebSocket.")
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
-
     lab = commands.add_parser("lab", help="a private Prosody or ejabberd on loopback to test against")
     lab_commands = lab.add_subparsers(metavar="ACTION", required=True)
 
@@ -425,6 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "fixture's own)")  # fmt: skip
     rec.add_argument("--server", choices=SERVERS, action="append", help="one lab server (default: both)")
     rec.add_argument("--out", type=Path, default=None, metavar="FILE", help="default: the package's fixture")
+    rec.add_argument("--motion", action="store_true", help="the moving scene instead: 10 pages joining a room with "
+                     "a 50-message archive one every 2 s and staying a minute (converse-14-motion.json)")  # fmt: skip
     rec.set_defaults(command="fidelity record")
     cmp = fidelity_commands.add_parser(
         "compare", help="how a client profile's viewer differs from real Converse.js (exit 1 if it does)",
@@ -434,6 +480,21 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--server", choices=SERVERS, action="append", help="one lab server (default: both)")
     cmp.add_argument("--live", action="store_true", help="record real Converse.js now instead of reading the fixture")
     cmp.set_defaults(command="fidelity compare")
+    cost = fidelity_commands.add_parser(
+        "cost", help="the server's CPU per join: real Converse.js pages joining one after another vs a profile",
+        description="For each run: on a fresh lab, a room with a 50-message archive; N real Converse.js pages "
+        "(one headless Chromium, a browser context each) join one every S seconds and stay; the server's CPU "
+        "from the first join to the end of the stay, per join. Then the same with N viewers of the profile, on "
+        "another fresh lab. Prints per run both costs, their ratio and the frames per join.")  # fmt: skip
+    cost.add_argument("--client", default="converse-14", help="the profile (default converse-14)")
+    cost.add_argument("--server", choices=SERVERS, default="prosody", help="the lab server (default prosody)")
+    cost.add_argument("--joins", type=int, default=20, metavar="N", help="clients per run (default 20)")
+    cost.add_argument("--interval", type=float, default=2.0, metavar="S", help="seconds between joins (default 2)")
+    cost.add_argument("--stay", type=float, default=60.0, metavar="S",
+                      help="seconds every client stays after the last one opened (default 60)")  # fmt: skip
+    cost.add_argument("--runs", type=int, default=1, metavar="R", help="runs (default 1)")
+    cost.add_argument("--json", default=None, metavar="FILE", help="write every frame and figure as JSON")
+    cost.set_defaults(command="fidelity cost")
 
     return parser
 

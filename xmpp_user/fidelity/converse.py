@@ -193,7 +193,7 @@ class _Handler(SimpleHTTPRequestHandler):
     page = b""
 
     def do_GET(self) -> None:  # noqa: N802  (http.server's name)
-        if self.path in ("/", "/index.html"):
+        if self.path.split("?", 1)[0] in ("/", "/index.html"):  # a query string may carry page options
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")
             self.send_header("Content-Length", str(len(self.page)))

@@ -329,3 +329,30 @@ def mam_fin(frames: Iterable[str]) -> list[dict[str, str]]:
         if fin is not None:
             out.append(dict(fin.attrib))
     return out
+
+
+def received_kind(frame: str, domain: str, muc: str, room: str, own_nick: str | None = None,
+                  own_jid: str | None = None) -> str | None:  # fmt: skip
+    """The kind of one frame a client RECEIVED, named like ``kind`` but by its sender (``from``):
+    ``iq-get disco#info own#caps`` (the server's caps query), ``iq-result vcard occupant``, ``presence
+    occupant`` / ``presence unavailable occupant``, ``message mam-result``, ``message groupchat subject``,
+    ``sm:r``, ``sm:a``, ``features``; ``None`` for whitespace."""
+    element = _parse(frame)
+    if element is None:
+        return None
+    if element.tag == "unparsed":
+        return "unparsed"
+    namespace, local = _split(element.tag)
+    if namespace in (ns.FRAMING, ns.SASL, ns.SM) or local == "features":
+        return kind(frame, domain, muc, room, own_nick, own_jid) if local != "features" else "features"
+    tgt = target(element.get("from"), domain, muc, room, own_nick, own_jid)
+    if element.tag == ns.IQ:
+        return _iq_kind(element, tgt)
+    if element.tag == ns.PRESENCE:
+        type_ = element.get("type")
+        return " ".join(p for p in ("presence", type_, tgt) if p)
+    if element.tag == ns.MESSAGE:
+        if element.find(ns.clark(ns.MAM, "result")) is not None:
+            return "message mam-result"
+        return _message_kind(element, tgt)
+    return f"{namespace} {local}".strip()

@@ -123,9 +123,9 @@ class EmulatedViewer:
     visible_occupants: int | None = None
     avatar = b""
 
-    def __init__(self, scene: Scene, profile: str, request_event: Any = None) -> None:
+    def __init__(self, scene: Scene, profile: str, request_event: Any = None, nick: str = NICK) -> None:
         self.xmpp = XmppClient(scene.websocket_url, scene.domain, request_event=request_event)
-        self.domain, self.room, self.nick = scene.domain, scene.room, NICK
+        self.domain, self.room, self.nick = scene.domain, scene.room, nick
         self.talker = _Joiner(self.xmpp)
         self.background: list[Pending] = []
         self.profile = PROFILES[profile](self)
