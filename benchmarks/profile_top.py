@@ -6,7 +6,8 @@ PROFILE.raw is py-spy's ``--format raw`` output (one collapsed stack and its sam
 ``benchmarks/generator_cost.py --profile DIR`` (py-spy comes with the ``bench`` extra). A frame's own share is
 the samples in which it is the innermost frame (for a C call, the Python function that made it: a system
 call shows as its caller); its total share the samples in which it is anywhere on the stack, once per sample.
-py-spy leaves out the samples in which the process waits (idle), so the shares are of the CPU it used.
+py-spy leaves out the samples in which the process waits (idle), so the shares are of the CPU it used; but a
+thread of gevent's thread pool waiting for work looks busy to it, so stacks of the pool's threads are left out.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r":\d+\)$")
+_POOL_THREAD = "_WorkerGreenlet.run (gevent/threadpool.py)"
+"""A thread of gevent's thread pool (DNS, file I/O): its wait for work is a lock's timed wait, not CPU."""
 _PREFIXES = re.compile(r"\(\S*?(site-packages/|lib/python3\.\d+/|xmpp_user/|benchmarks/)")
 
 
@@ -37,8 +40,10 @@ def top(lines: list[str]) -> tuple[int, Counter, Counter]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        samples += n
         frames = [frame_name(f) for f in stack.split(";")]
+        if _POOL_THREAD in frames:
+            continue
+        samples += n
         own[frames[-1]] += n
         for frame in set(frames):
             total[frame] += n
