@@ -28,8 +28,6 @@ from pathlib import Path  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import websocket  # noqa: E402
-
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME  # noqa: E402
 from xmpp_user.core.stream import State, XmppStream  # noqa: E402
 from xmpp_user.session import transport  # noqa: E402
@@ -54,10 +52,7 @@ def server_frame(text: str) -> bytes:
 def connected_pair() -> tuple[transport.WebSocketTransport, socket.socket]:
     """Our transport on one end of a socket pair, past its handshake; the other end is the server's."""
     ours, theirs = socket.socketpair()
-    ws = websocket.WebSocket(enable_multithread=True, skip_utf8_validation=True)
-    ws.sock, ws.connected = transport._BufferedSocket(ours), True
-    ws.frame_buffer = transport._LimitedFrameBuffer(ws.frame_buffer.recv, DEFAULT_MAX_FRAME)
-    return transport.WebSocketTransport(ws), theirs
+    return transport.WebSocketTransport(transport._BufferedSocket(ours), DEFAULT_MAX_FRAME), theirs
 
 
 def main() -> int:

@@ -28,6 +28,10 @@ server. The CPU-bound ceiling of one process follows: the users that one core at
 pings every 10 s (a ping's cost every 10 s plus an idle user's CPU), beside the ceiling the open-file
 limit sets. The machine's load average is recorded with the figures: other work on a 2-core machine
 shows in them. Bounded: every Locust process has its run time (-t) and is stopped past it.
+
+``--profile DIR`` also samples each Locust process with py-spy (the ``bench`` extra) over its window, writes
+DIR/KIND.raw and prints its top frames by own and total share (``benchmarks/profile_top.py``). py-spy pauses
+the process at each sample: the CPU figures of a profiled run are not the benchmark's.
 """
 
 from __future__ import annotations
@@ -180,10 +184,14 @@ def run_kind(kind: str, lab: Lab, work: Path, users: int, interval: float, args:
     if args.no_sm:
         cmd.append("--xmpp-no-sm")
     with open(work / f"{kind}.log", "wb") as log:
+        locust = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work)
         try:  # Locust stops by itself (-t); a minute past that it is killed
-            exit_code = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=work,
-                                       timeout=run_time + 60).returncode  # fmt: skip
+            if args.profile:
+                _profile(locust, kind, spawn_s + args.settle, hold, Path(args.profile))
+            exit_code = locust.wait(timeout=run_time + 60)
         except subprocess.TimeoutExpired:
+            locust.kill()
+            locust.wait()
             exit_code = None
     samples = [json.loads(line) for line in samples_path.read_text().splitlines()] if samples_path.exists() else []
     result = {"kind": kind, "users": users, "interval_s": interval, "locust_exit_code": exit_code}
@@ -191,6 +199,28 @@ def run_kind(kind: str, lab: Lab, work: Path, users: int, interval: float, args:
     if result.get("error"):
         result["log_tail"] = (work / f"{kind}.log").read_text(errors="replace").splitlines()[-15:]
     return result
+
+
+def _profile(locust: subprocess.Popen, kind: str, start: float, seconds: float, out: Path) -> None:
+    """py-spy samples the Locust process from ``start`` seconds on, for ``seconds``; its top frames printed."""
+    import time
+
+    from profile_top import report
+
+    time.sleep(start)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = out / f"{kind}.raw"
+    cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(locust.pid), "--duration",
+           str(int(seconds)), "--rate", "200", "--format", "raw", "--output", str(raw)]  # fmt: skip
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=seconds + 60, check=True)
+    except FileNotFoundError:
+        print("--profile: py-spy is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        return
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        print(f"--profile: py-spy failed on {kind}: {exc}", file=sys.stderr)
+        return
+    print(report(raw, 20), flush=True)
 
 
 def _count(sample: dict, name: str) -> int:
@@ -278,6 +308,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=20, help="seconds each kind is measured")
     parser.add_argument("--no-sm", action="store_true", help="users without stream management")
     parser.add_argument("--json", help="write the measurements to this file")
+    parser.add_argument("--profile", metavar="DIR", help="py-spy each kind over its window into DIR (see above)")
     args = parser.parse_args()
     kinds = [k for k in args.kinds.split(",") if k]
     if unknown := set(kinds) - set(KINDS):

@@ -176,19 +176,27 @@ def test_redirect_loop_ends_as_a_recorded_failure(lab) -> None:
 
 
 def test_iq_error_and_lost_connection(lab) -> None:
-    events = Recorder()
-    client = XmppClient(lab.websocket_url, lab.domain, request_event=events)
-    client.connect()
-    with pytest.raises(XmppRequestFailed, match="item-not-found"):
-        client.vcard(f"no-room-{uuid.uuid4().hex[:6]}@{lab.muc_domain}/nobody")
-    assert events.failures[-1][0] == "vcard"
-    # The network drops mid-session: a recorded stream failure, and the request in flight fails.
-    pending = client.ping(wait=False)
-    client.connection._transport._ws.sock.shutdown(socket.SHUT_RDWR)
-    with pytest.raises(XmppRequestFailed):
-        client.wait(pending, timeout=5)
-    assert any(n == "stream" and "connection lost" in e for n, e in events.failures)
-    assert not client.connected
+    with TcpProxy(("127.0.0.1", lab.http_port)) as proxy:
+        events = Recorder()
+        client = XmppClient(proxy.url, lab.domain, request_event=events)
+        client.connect()
+        with pytest.raises(XmppRequestFailed, match="item-not-found"):
+            client.vcard(f"no-room-{uuid.uuid4().hex[:6]}@{lab.muc_domain}/nobody")
+        assert events.failures[-1][0] == "vcard"
+        # The network drops mid-session: a recorded stream failure, and the request in flight fails. (The link
+        # is frozen first: a reply already on its way could otherwise be read before the socket's end.)
+        proxy.freeze()
+        pending = client.ping(wait=False)
+        client.connection._transport._sock.shutdown(socket.SHUT_RDWR)
+        with pytest.raises(XmppRequestFailed, match="^ping: connection lost: "):
+            client.wait(pending, timeout=5)
+        # Whichever saw the socket's end first, the reading or a frame on its way out, names it.
+        ((_, reason), *_) = events.failures[1:]
+        assert reason in ("connection lost: the server closed the WebSocket",
+                          "connection lost: send failed: [Errno 32] Broken pipe")  # fmt: skip
+        assert events.failures[1:] == [("stream", reason), ("ping", reason)]
+        assert not client.connected
+    client.url = lab.websocket_url
     client.connect()  # the same client reconnects
     client.ping()
     client.close()

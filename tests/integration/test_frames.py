@@ -16,7 +16,7 @@ from test_failures import assert_still_works, attempt
 
 from xmpp_user.core.framing import DEFAULT_MAX_FRAME
 from xmpp_user.session.client import XmppClient, XmppRequestFailed
-from xmpp_user.session.transport import FrameTooLarge, TransportError, WebSocketTransport
+from xmpp_user.session.transport import FrameTooLarge, TransportError, WebSocketTransport, _BufferedSocket
 
 MIB = 1 << 20
 HUGE = 400 * MIB
@@ -126,9 +126,10 @@ def test_any_other_exception_from_websocket_client_is_a_transport_error(monkeypa
     with FaultServer(websocket_answering("<x/>")) as server:
         transport = WebSocketTransport.open(server.url, timeout=5)
         # The frame is a plain text frame, which the transport reads itself: make it websocket-client's.
-        monkeypatch.setattr(transport, "_buffered_text", lambda: None)
-        monkeypatch.setattr(transport._ws.frame_buffer, "recv_strict", broken)
+        monkeypatch.setattr(_BufferedSocket, "take_text_frame", lambda _self, _size: None)
+        monkeypatch.setattr(transport._frames, "recv_strict", broken)
         try:
+            transport.send("<open/>")  # the server answers it with the frame
             expected = "^receive failed: ValueError: bufsize must be an integer and more$"
             with pytest.raises(TransportError, match=expected):
                 transport.recv()

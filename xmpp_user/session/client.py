@@ -1,7 +1,7 @@
 """An XMPP client for load tests: the features a scenario calls, over one ``Connection``.
 
 Every round trip is reported through a Locust-style ``request`` event hook when its reply
-arrives (as ``locust.contrib.mqtt`` does): the reader greenlet matches the reply to the request
+arrives (as ``locust.contrib.mqtt`` does): the connection's reading (in the hub) matches the reply to the request
 by IQ id, MUC room, message id or MAM query id, and fires the event with the time since the
 request was queued (``xmpp_user.session.requests``). Requests can be waited for one at a time or
 pipelined (``wait=False``, then ``wait_all``), the way a browser client fires its start-up

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A ``Connection`` holds at most one session at a time (a WebSocket, its reader greenlet and the
+A ``Connection`` holds at most one session at a time (a WebSocket, the watcher that reads it and the
 protocol core's stream) and its life, one of::
 
     CLOSED --open()--> CONNECTING --negotiated--> READY --close()--> CLOSING --> CLOSED
@@ -17,9 +17,14 @@ the server or the network ended it (each is a recorded failure, and so is the en
 nothing else records it), and are cancelled without a record when we ended it (``close`` and
 ``abort``: the user stopped or gave up). The client is told through ``on_end(clean)``.
 
-The reader greenlet is spawned outside the Locust user's greenlet group (it must not count as
-a user) and handles one frame at a time: parse it in the core, hand the events on, then send
-whatever the core queued (acks, answers to pings).
+No greenlet reads: the session's socket has a gevent io watcher whose callback runs in the hub
+each time the socket is readable (one greenlet per user, the Locust user's own, and nothing that
+could count as a user). The callback reads what the socket has without waiting, and handles each
+whole frame in turn: parse it in the core, hand the events on; then it sends whatever the core
+queued (acks, answers to pings) in one write. Nothing it calls may wait: the transport's sends from
+the hub never block (what the socket does not take leaves when it has room), and a waiting request
+is woken through gevent's Event, which is safe to set from the hub. Callbacks of the client
+(``on_message`` and the like) run there too, and must not wait either.
 
 Whoever wants to see the frames (a recorder, a probe) appends to ``on_frame_sent`` and
 ``on_frame_received``: each hook is called with the text of every frame, in order, for every
@@ -34,7 +39,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import gevent
 from gevent.event import Event
 
 from xmpp_user.core import events as ev
@@ -102,26 +106,15 @@ class Connection:
         self.on_frame_sent: list[Callable[[str], None]] = []
         """Called with each frame once the transport has taken it."""
         self.on_frame_received: list[Callable[[str], None]] = []
-        """Called by the reader with each frame received, before the core reads it."""
+        """Called with each frame received, before the core reads it."""
         self.redirect = ""
         self._transport: WebSocketTransport | None = None
-        self._reader: gevent.Greenlet | None = None
-        self._settled = Event()
-        """Set when negotiation ends, whichever way."""
+        self._settled: Event | None = None
+        """Set when negotiation ends, whichever way (made when a session opens)."""
+        self._gone: Event | None = None
+        """Set when the socket of a session we are closing goes (made by ``close``)."""
         self._ended = True
-        self._handlers: dict[type, Callable[[ev.Event], None]] = {
-            ev.RegisterRequested: lambda e: self._begin("register"),
-            ev.Registered: lambda e: self._finish("register"),
-            ev.AuthRequested: lambda e: self._begin("auth"),
-            ev.Authenticated: lambda e: self._finish("auth"),
-            ev.BindRequested: lambda e: self._begin("bind"),
-            ev.Bound: lambda e: self._finish("bind"),
-            ev.Ready: self._on_ready,
-            ev.NegotiationFailed: self._on_negotiation_failed,
-            ev.StreamError: self._on_stream_error,
-            ev.StreamClosed: self._on_stream_closed,
-            ev.StreamOpened: lambda e: None,
-        }
+        self._handling = False
 
     @property
     def life(self) -> Life:
@@ -139,8 +132,8 @@ class Connection:
 
     @property
     def reading(self) -> bool:
-        """True in the reader greenlet: what the core queues now leaves once the frame is handled."""
-        return self._reader is not None and gevent.getcurrent() is self._reader
+        """True while frames received are handled: what the core queues now leaves once they are."""
+        return self._handling
 
     def require_ready(self) -> XmppStream:
         """The stream, if stanzas may be sent now; otherwise XmppRequestFailed at once (nothing recorded)."""
@@ -172,9 +165,16 @@ class Connection:
         self.requests.complete(connect)
         stream.start()
         self.flush()
-        self._reader = gevent.spawn(self._read_loop, transport, stream)
-        timeout = self.settings.timeout
-        if not self._settled.wait(timeout):
+        transport.watch(self._on_readable, transport, stream)
+        try:
+            return self._negotiated()
+        finally:
+            self._settled = None
+
+    def _negotiated(self) -> str:
+        """``open``'s second half: wait for the negotiation to end, whichever way."""
+        settled, timeout = self._settled, self.settings.timeout
+        if not settled.wait(timeout):
             # Recorded as failed now; with patience the negotiation may still finish late (a slow server).
             reason = f"negotiation did not finish within {timeout:g} s"
             steps = [step for step in self.requests.negotiation.values() if not step.done]
@@ -182,7 +182,7 @@ class Connection:
                 self.requests.time_out(step, timeout)
             if not steps:
                 self.requests.record("stream", reason)
-            if not self._settled.wait(self.settings.patience):
+            if not settled.wait(self.settings.patience):
                 self._end(reason, record=False)
             elif not steps:
                 late_reply()  # the server did answer the stream: late (steps answered late say so themselves)
@@ -200,17 +200,18 @@ class Connection:
     def close(self, timeout: float = 2.0) -> None:
         """End the session politely: cancel what is in flight, send ``<close/>``, wait for the
         server's for up to ``timeout`` seconds, then drop the socket."""
-        stream, reader = self.stream, self._reader
+        stream = self.stream
         if self.life in (Life.READY, Life.CONNECTING) and stream is not None and self._transport is not None:
             self.life = Life.CLOSING
             self._end(None)
             stream.close()
+            gone = self._gone = Event()
             try:
                 self.flush()
             except XmppRequestFailed:
                 pass
-            if reader is not None and reader is not gevent.getcurrent():
-                reader.join(timeout)
+            if not self._handling:  # from a frame's handling (in the hub) nothing may wait
+                gone.wait(timeout)
         self.abort()
 
     def abort(self) -> None:
@@ -219,11 +220,9 @@ class Connection:
             self._end(None)
         self.life = Life.CLOSED
         transport, self._transport = self._transport, None
-        reader, self._reader = self._reader, None
         if transport is not None:
             transport.close()
-        if reader is not None and reader is not gevent.getcurrent():
-            reader.kill(block=False)
+        self._gone = None
 
     def _end(self, reason: str | None, record: bool = True) -> None:
         """End the session once: ``reason`` None means we ended it (in-flight requests are
@@ -240,7 +239,8 @@ class Connection:
                 self.life = Life.CLOSED
         stream = self.stream
         self.requests.end_all(stream.drop_pending() if stream is not None else (), reason)
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()
         self._on_end(reason is None)
 
     # -- sending --------------------------------------------------------------------------
@@ -257,65 +257,72 @@ class Connection:
             raise XmppRequestFailed(f"not connected ({self.last_error or self.life.value})")
         hooks = self.on_frame_sent
         try:
-            for frame in frames:
-                transport.send(frame)
-                if hooks:
+            if len(frames) == 1:
+                transport.send(frames[0])
+            else:
+                transport.send_all(frames)
+            if hooks:
+                for frame in frames:
                     for hook in hooks:
                         hook(frame)
         except TransportError as exc:
             self._lost(transport, str(exc))
             raise XmppRequestFailed(str(exc)) from None
 
-    # -- the reader greenlet ----------------------------------------------------------------
+    # -- reading: the io watcher's callback, in the hub ---------------------------------------
 
-    def _read_loop(self, transport: WebSocketTransport, stream: XmppStream) -> None:
-        handlers, on_event, requests, hooks = self._handlers, self._on_event, self.requests, self.on_frame_received
-        while True:
-            try:
-                frame = transport.recv()
-            except ProtocolViolation as exc:
-                # The peer broke the WebSocket protocol; the transport has already closed the socket.
-                if self._transport is transport:
-                    self._end(str(exc))
+    def _on_readable(self, transport: WebSocketTransport, stream: XmppStream) -> None:
+        if self._transport is not transport:
+            return  # a session we have already dropped
+        on_event, requests, hooks = self._on_event, self.requests, self.on_frame_received
+        transport.receive()
+        self._handling = True
+        try:
+            while True:
+                try:
+                    frame = transport.next_message()
+                except ProtocolViolation as exc:
+                    # The peer broke the WebSocket protocol; the transport has already closed the socket.
+                    if self._transport is transport:
+                        self._end(str(exc))
+                        self._drop(transport)
+                    return
+                except TransportError as exc:  # the socket's end (Closed) included
+                    self._lost(transport, str(exc))
+                    return
+                if frame is None:
+                    break
+                requests.frame_length = len(frame)
+                self.received_at = time.monotonic()
+                try:
+                    if hooks:
+                        for hook in hooks:
+                            hook(frame)
+                    for event in stream.receive_frame(frame):
+                        handler = _HANDLERS.get(type(event))
+                        if handler is None:
+                            on_event(event)
+                        else:
+                            handler(self, event)
+                except ProtocolError as exc:
+                    self._protocol_failure(transport, str(exc))
+                    return
+                except Exception as exc:  # a bug in a callback must not leave the user waiting forever
+                    log.exception("error while handling a frame")
+                    self._protocol_failure(transport, f"internal error while handling a frame: {exc!r}")
+                    return
+                if self._transport is not transport:
+                    return
+                if self.life is Life.CLOSED and stream.state == "closed":
+                    # The closing handshake is over (their </close> answered): the socket goes.
                     self._drop(transport)
-                return
-            except TransportError as exc:
-                self._lost(transport, str(exc))
-                return
-            if self._transport is not transport:
-                return  # a session we have already dropped
-            if frame is None:
-                self._lost(transport, "the server closed the WebSocket")
-                return
-            requests.frame_length = len(frame)
-            self.received_at = time.monotonic()
-            try:
-                if hooks:
-                    for hook in hooks:
-                        hook(frame)
-                for event in stream.receive_frame(frame):
-                    handler = handlers.get(type(event))
-                    if handler is None:
-                        on_event(event)
-                    else:
-                        handler(event)
-            except ProtocolError as exc:
-                self._protocol_failure(transport, str(exc))
-                return
-            except Exception as exc:  # a bug in a callback must not leave the user waiting forever
-                log.exception("error while handling a frame")
-                self._protocol_failure(transport, f"internal error while handling a frame: {exc!r}")
-                return
-            if self._transport is not transport:
-                return
-            if self.life is Life.CLOSED and stream.state == "closed":
-                # The closing handshake is over (their </close> answered): the socket goes.
-                self._drop(transport)
-                return
+                    return
             try:
                 self.flush()
             except XmppRequestFailed:
-                return
+                pass
+        finally:
+            self._handling = False
 
     def _lost(self, transport: WebSocketTransport, reason: str) -> None:
         """The transport broke or closed under us."""
@@ -344,6 +351,8 @@ class Connection:
         if self._transport is transport:
             self._transport = None
             self.life = Life.CLOSED
+            if self._gone is not None:
+                self._gone.set()
         transport.close()
 
     # -- negotiation and stream events ------------------------------------------------------
@@ -359,7 +368,8 @@ class Connection:
     def _on_ready(self, event: ev.Ready) -> None:
         if self.life is Life.CONNECTING:
             self.life = Life.READY
-        self._settled.set()
+        if self._settled is not None:
+            self._settled.set()
 
     def _on_negotiation_failed(self, event: ev.NegotiationFailed) -> None:
         reason = describe(event.condition, event.text)
@@ -386,6 +396,23 @@ class Connection:
         elif self.life is not Life.CLOSING:
             self._end("the server closed the stream")
         self.life = Life.CLOSED
+
+
+_HANDLERS: dict[type, Callable[[Connection, ev.Event], None]] = {
+    ev.RegisterRequested: lambda c, e: c._begin("register"),
+    ev.Registered: lambda c, e: c._finish("register"),
+    ev.AuthRequested: lambda c, e: c._begin("auth"),
+    ev.Authenticated: lambda c, e: c._finish("auth"),
+    ev.BindRequested: lambda c, e: c._begin("bind"),
+    ev.Bound: lambda c, e: c._finish("bind"),
+    ev.Ready: Connection._on_ready,
+    ev.NegotiationFailed: Connection._on_negotiation_failed,
+    ev.StreamError: Connection._on_stream_error,
+    ev.StreamClosed: Connection._on_stream_closed,
+    ev.StreamOpened: lambda c, e: None,
+}
+"""What the connection does itself with the core's events (one table for all connections); the client gets the
+rest."""
 
 
 def _redirect_url(url: str, host: str) -> str:

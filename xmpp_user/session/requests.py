@@ -86,7 +86,8 @@ class Pending:
         self.messages: list[Element] = []
         """Archived messages collected for a MAM query."""
         self.then: Callable[[Pending], None] | None = None
-        """Called once when the request ends, whichever way (from the greenlet that ends it)."""
+        """Called once when the request ends, whichever way (from what ends it: for a reply, the connection's
+        reading in the hub, where nothing may wait)."""
         self._event: Event | None = None
         self._forget = forget
         global _outstanding
