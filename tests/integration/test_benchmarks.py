@@ -257,3 +257,18 @@ def test_tsung_compare(tmp_path: Path) -> None:
     # Tsung's own totals are not asserted: a run this short can end before its statistics are written.
     own = data["runs"]["locust-xmpp"][0]["own_counts"]
     assert (own["messages_sent"], own["deliveries"], own["failures"]) == (8, 16, 0), own
+
+
+def test_ping_floor(tmp_path: Path) -> None:
+    """5 sessions pinging twice a second, 2 s per path: the table and the JSON name the four paths in order,
+    each with pings answered and a cost."""
+    out = tmp_path / "floor.json"
+    bench = run_benchmark("ping_floor.py", tmp_path, "--users", "5", "--interval", "0.5", "--window", "2",
+                          "--json", str(out), timeout=120)  # fmt: skip
+    assert bench.returncode == 0, bench.tail()
+    data = json.loads(out.read_text())
+    assert [row["path"] for row in data["paths"]] == ["raw", "parsed", "stats", "ids"], data
+    for row in data["paths"]:
+        assert row["pings"] > 0 and row["generator_ms_per_ping"] > 0, row
+        assert bench.lines(rf"^{row['path']} +{row['pings']} "), bench.tail()
+    assert data["users"] == 5
