@@ -19,6 +19,9 @@ What the project's own users cost per ping through real Locust is ``benchmarks/g
 ``ping`` kind (README, "Cost of the generator"): the difference between the two is what the session,
 the client and the protocol core add; this floor is what no change to them can go below with gevent and
 Locust. Other work on the machine raises every figure alike: read ratios within one run.
+
+Memory, the same way: the process's RSS before the logins, once the sessions are open (a socket and
+websocket-client's object each), and once each has an idle greenlet asleep in it, divided by the sessions.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ sys.path.insert(0, str(REPO))
 
 from locust.env import Environment  # noqa: E402
 
-from xmpp_user.lab.lab import Lab, free_port, process_cpu_seconds  # noqa: E402
+from xmpp_user.lab.lab import Lab, free_port, process_cpu_seconds, process_rss_bytes  # noqa: E402
 from xmpp_user.session.transport import text_frame  # noqa: E402
 
 PATHS = ("raw", "parsed", "stats", "ids")
@@ -155,8 +158,17 @@ def main() -> int:
             return 2
         lab.up()
         try:
+            rss0 = process_rss_bytes(os.getpid())
             sessions = [login(lab.websocket_url) for _ in range(args.users)]
             pingers = [Pinger(ws, env) for ws in sessions]
+            gevent.sleep(1)
+            rss1 = process_rss_bytes(os.getpid())
+            sleepers = [gevent.spawn(gevent.sleep, 3600) for _ in sessions]
+            gevent.sleep(1)
+            rss2 = process_rss_bytes(os.getpid())
+            gevent.killall(sleepers)
+            memory = {"session_kib": round((rss1 - rss0) / 1024 / args.users, 2),
+                      "with_greenlet_kib": round((rss2 - rss0) / 1024 / args.users, 2)}  # fmt: skip
             rows = [measure(pingers, path, args.interval, args.window, lab.pid) for path in PATHS]
             for ws in sessions:
                 ws.close()
@@ -165,12 +177,14 @@ def main() -> int:
     result = {
         "machine": {"cores": os.cpu_count(), "system": platform.platform(), "python": platform.python_version()},
         "users": args.users, "interval": args.interval, "window": args.window,
-        "load_average_after": os.getloadavg(), "paths": rows,
+        "load_average_after": os.getloadavg(), "paths": rows, "memory_per_session": memory,
     }  # fmt: skip
     print(f"{'path':8} {'pings':>7} {'generator ms/ping':>18} {'server ms/ping':>15} {'ratio':>6}")
     for row in rows:
         print(f"{row['path']:8} {row['pings']:7d} {row['generator_ms_per_ping']:18.4f} "
               f"{row['server_ms_per_ping']:15.4f} {row['ratio']!s:>6}")  # fmt: skip
+    print(f"memory per idle session: {memory['session_kib']} KiB, "
+          f"{memory['with_greenlet_kib']} KiB with a greenlet asleep in it")  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
