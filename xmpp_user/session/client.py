@@ -184,10 +184,13 @@ class XmppClient:
 
     def _keep_pace(self) -> None:
         if self.pace > 0:
-            gap = self._sent_at + self.pace - time.monotonic()
-            if gap > 0:
+            now = time.monotonic()
+            gap = self._sent_at + self.pace - now
+            # A frame callback (the reader, or gevent's hub) must not block: what it sends leaves at once.
+            if gap > 0 and not self.connection.reading:
                 gevent.sleep(gap)
-            self._sent_at = time.monotonic()
+                now = time.monotonic()
+            self._sent_at = now
 
     @property
     def last_received(self) -> float:
