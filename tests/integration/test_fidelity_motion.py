@@ -13,13 +13,57 @@ order).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from xml.etree.ElementTree import canonicalize
 
 import locust  # noqa: F401  (gevent monkey patching before sockets are made)
 import pytest
 
 from xmpp_user.fidelity import converse, motion
 from xmpp_user.lab.lab import Lab
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+_WS20, _WS24, _WS16 = "\n" + " " * 20, "\n" + " " * 24, "\n" + " " * 16
+_DISCO = '<iq xmlns="jabber:client" from="FULL" id="UUID:sendIQ" to="{to}" type="get"><query xmlns="{ns}">{ws}</query>'
+_CAPS = ('<c xmlns="http://jabber.org/protocol/caps" hash="sha-1" node="https://conversejs.org" '
+         'ver="MarGFLKSS3ltZoL5//XHmrF42Wc="></c>')  # fmt: skip
+CONVERSE_STANZAS = {
+    '<iq xmlns="jabber:client" id="_bind_auth_2" type="set"><bind xmlns="urn:ietf:params:xml:ns:xmpp-bind"></bind>'
+    "</iq>",
+    '<iq xmlns="jabber:client" id="_session_auth_2" type="set"><session xmlns="urn:ietf:params:xml:ns:xmpp-session">'
+    "</session></iq>",
+    '<iq xmlns="jabber:client" from="BARE" id="UUID:sendIQ" to="BARE" type="get"><pubsub xmlns="http://jabber.org/'
+    'protocol/pubsub"><items max_items="1" node="urn:xmpp:reactions:popular:0"></items></pubsub></iq>',
+    *(_DISCO.format(to=to, ns="http://jabber.org/protocol/disco#info", ws=_WS20) + "</iq>"
+      for to in ("localhost", "ROOM", "muc.localhost", "reg.localhost", "scram.localhost")),
+    *(_DISCO.format(to=to, ns="http://jabber.org/protocol/disco#items", ws=_WS24) + "</iq>"
+      for to in ("localhost", "reg.localhost", "scram.localhost")),
+    '<iq xmlns="jabber:client" from="FULL" id="UUID:sendIQ" type="set"><enable xmlns="urn:xmpp:carbons:2"></enable>'
+    "</iq>",
+    '<iq xmlns="jabber:client" id="UUID" to="ROOM" type="set"><query xmlns="urn:xmpp:mam:2" queryid="UUID"><set '
+    'xmlns="http://jabber.org/protocol/rsm"><before></before><max>50</max></set></query></iq>',
+    '<iq xmlns="jabber:client" id="UUID" type="get"><blocklist xmlns="urn:xmpp:blocking"></blocklist></iq>',
+    '<iq xmlns="jabber:client" id="UUID:ping" to="localhost" type="get"><ping xmlns="urn:xmpp:ping"></ping></iq>',
+    f'<iq xmlns="jabber:client" id="UUID:roster" type="get"><query xmlns="jabber:iq:roster">{_WS16}</query></iq>',
+    '<iq xmlns="jabber:client" id="UUID:sendIQ" to="ROOM" type="get"><query xmlns="http://jabber.org/protocol/'
+    'disco#info" node="x-roomuser-item"></query></iq>',
+    '<iq xmlns="jabber:client" id="UUID:sendIQ" to="ROOM" type="get"><query xmlns="jabber:iq:register"></query></iq>',
+    '<iq xmlns="jabber:client" id="UUID:sendIQ" to="ROOM" type="get"><vCard xmlns="vcard-temp"></vCard></iq>',
+    '<iq xmlns="jabber:client" id="UUID:sendIQ" to="ROOM/NICK" type="get"><vCard xmlns="vcard-temp"></vCard></iq>',
+    '<iq xmlns="jabber:client" id="UUID:sendIQ" type="get"><vCard xmlns="vcard-temp"></vCard></iq>',
+    '<presence xmlns="jabber:client" from="FULL" id="UUID" to="ROOM/NICK"><x xmlns="http://jabber.org/protocol/muc">'
+    f'<history maxstanzas="0"></history></x>{_CAPS}</presence>',
+    f'<presence xmlns="jabber:client"><priority>0</priority><x xmlns="vcard-temp:x:update"></x>{_CAPS}</presence>',
+}  # fmt: skip
+"""Every stanza real Converse 14 pages sent in the moving scene on the lab Prosody (20 pages, 2 s apart), in
+canonical XML (C14N 2.0: attributes sorted, double quotes, no empty-element tags), their UUIDs, JIDs, room and
+nicknames masked; its whitespace kept. Left out: its one answer to the server's caps query."""
+
+
+def _masked(frame: str, jid: str, room: str) -> str:
+    text = _UUID.sub("UUID", canonicalize(frame)).replace(jid, "FULL").replace(jid.split("/")[0], "BARE")
+    return re.sub(r'"ROOM/[^"]+"', '"ROOM/NICK"', text.replace(room, "ROOM"))
 
 
 def _scene(recorded: dict) -> tuple[int, float, float]:
@@ -50,3 +94,21 @@ def test_real_converse_in_motion_still_does_what_the_recording_says(lab: Lab, tm
     (tmp_path / "motion.json").write_text(json.dumps(real.to_json()))
     problems = motion.compare_motion(recorded, motion.normalise(real))
     assert problems == [], "real Converse changed: run  locust-xmpp fidelity record --motion\n" + "\n".join(problems)
+
+
+def test_converse_14_viewers_write_their_stanzas_as_converse_does(lab: Lab) -> None:
+    """Byte for byte but for UUIDs and JIDs: Converse's ids (a UUID4, with ':sendIQ', ':roster' or ':ping' or
+    none), its 'from' where it writes one, its fixed login ids, the indentation inside its queries. The server
+    parses, checks and echoes all of it, so it is part of what a page costs (xmpp_user.fidelity.motion)."""
+    if lab.server != "prosody":
+        pytest.skip("the stanzas were recorded on Prosody (its domain has the items Converse queries)")
+    room = motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
+    ours = motion.emulated_motion(lab, room, 2, 1.0, 2.0, "converse-14")
+    assert ours.failures == []
+    shapes: set[str] = set()
+    for page in ours.pages:
+        for _, frame in page.sent:
+            if frame.startswith(("<iq", "<presence")) and "type='result'" not in frame:
+                shapes.add(_masked(frame, page.jid, room))
+    assert shapes - CONVERSE_STANZAS == set()
+    assert len(shapes) >= 20  # every kind of its join, an occupant's vCard and the room's on their presence

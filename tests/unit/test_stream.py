@@ -371,3 +371,49 @@ def test_a_plain_stream_requests_no_acks() -> None:
     for n in range(11):
         stream.send(f"<presence xmlns='jabber:client' id='p{n}'/>")
     assert len(stream.data_to_send()) == 11
+
+
+def test_an_id_factory_names_every_stanza_by_its_purpose_and_the_default_stays_a_short_counter() -> None:
+    """StreamSettings.ids: bind, session, each IQ (by the request's name) and presences get the factory's ids, and
+    'from' is written where asked; without it ids are short, unique, and presences carry none."""
+    asked: list[str] = []
+
+    def ids(purpose: str) -> str:
+        asked.append(purpose)
+        return f"{purpose}-{len(asked)}"
+
+    stream = XmppStream("localhost", settings=StreamSettings(legacy_session=True, ids=ids))
+    negotiate_frames = negotiate_legacy(stream)
+    assert [iq_id(f) for f in negotiate_frames] == ["bind-1", "session-2"]
+    assert stream.send_iq("get", "<ping xmlns='urn:xmpp:ping'/>", "localhost", "k", "ping") == "ping-3"
+    assert stream.send_iq("get", "<vCard xmlns='vcard-temp'/>", None, "k", frm="a@localhost/r") == "-4"
+    assert stream.presence_id() == "presence-5"
+    ping, vcard = stream.data_to_send()
+    assert ping == "<iq xmlns='jabber:client' type='get' id='ping-3' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"
+    assert vcard == "<iq xmlns='jabber:client' type='get' id='-4' from='a@localhost/r'><vCard xmlns='vcard-temp'/></iq>"
+    assert asked == ["bind", "session", "ping", "", "presence"]
+
+    plain = XmppStream("localhost")
+    negotiate(plain, sm=False)
+    first, second = plain.send_iq("get"), plain.send_iq("get", purpose="roster")
+    assert first != second and len(first) == len(second) == 7 and first[:6] == second[:6]
+    assert plain.presence_id() == ""
+    assert "from=" not in "".join(plain.data_to_send())
+
+
+def negotiate_legacy(stream: XmppStream) -> list[str]:
+    """Drive a stream with the legacy session IQ to READY (no SM); returns the bind and session IQs sent."""
+    stream.start()
+    stream.data_to_send()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(features("ANONYMOUS"))
+    stream.data_to_send()
+    stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
+    stream.data_to_send()
+    stream.receive_frame(OPEN)
+    stream.receive_frame(bind_features(sm=False))
+    (bind,) = stream.data_to_send()
+    stream.receive_frame(bind_result(iq_id(bind)))
+    (session,) = stream.data_to_send()
+    assert stream.state == State.READY
+    return [bind, session]

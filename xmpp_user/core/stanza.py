@@ -10,8 +10,10 @@ from xmpp_user.core.framing import escape_attr
 _STANZA_ERROR_PREFIX = "{" + ns.STANZA_ERRORS + "}"
 
 
-def iq(type_: str, id_: str, payload: str = "", to: str | None = None) -> str:
+def iq(type_: str, id_: str, payload: str = "", to: str | None = None, frm: str | None = None) -> str:
     to_attr = f" to='{escape_attr(to)}'" if to else ""
+    if frm:  # most clients leave 'from' to the server; a browser's library may write it (see StreamSettings.ids)
+        to_attr = f" from='{escape_attr(frm)}'{to_attr}"
     if payload:
         return f"<iq xmlns='jabber:client' type='{type_}' id='{id_}'{to_attr}>{payload}</iq>"
     return f"<iq xmlns='jabber:client' type='{type_}' id='{id_}'{to_attr}/>"

@@ -25,6 +25,7 @@ ack requests itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from xml.etree.ElementTree import Element
@@ -90,6 +91,10 @@ class StreamSettings:
     """Register the account (XEP-0077 in-band registration) before authenticating."""
     max_frame: int = DEFAULT_MAX_FRAME
     """Longest frame accepted, in bytes: refused by the transport from its header, and by the core."""
+    ids: Callable[[str], str] | None = None
+    """Makes the id of each stanza we send from its purpose (the request's name: 'bind', 'session', 'roster',
+    'ping', 'mam', 'presence', ...), as a client library writes them; None: a short counter, and presences
+    without an id. The server echoes IQ ids in its answers, so their length is part of what a client costs."""
 
 
 DEFAULT_SETTINGS = StreamSettings()
@@ -125,6 +130,7 @@ class XmppStream:
         self._pending: dict[str, Any] = {}
         self._id_prefix = os.urandom(3).hex()
         self._id_counter = 0
+        self._ids = settings.ids
         self._mechanism: sasl.Mechanism | None = None
         self._sm_offered = False
         self._mechanisms: list[str] = []
@@ -149,9 +155,16 @@ class XmppStream:
             self._out.append(CLOSE_FRAME)
             self.state = State.CLOSING
 
-    def new_id(self) -> str:
+    def new_id(self, purpose: str = "") -> str:
+        """A new stanza id: the settings' ``ids(purpose)`` if set, else a short counter unique to the stream."""
+        if self._ids is not None:
+            return self._ids(purpose)
         self._id_counter += 1
         return f"{self._id_prefix}{self._id_counter:x}"
+
+    def presence_id(self) -> str:
+        """The id of a presence we send: '' (none) unless the settings' ``ids`` makes one."""
+        return self._ids("presence") if self._ids is not None else ""
 
     def send(self, stanza: str) -> None:
         """Queue a stanza built by a feature module (message or presence)."""
@@ -160,12 +173,21 @@ class XmppStream:
         if self.settings.ack_every:
             self._count_sent()
 
-    def send_iq(self, type_: str, payload: str = "", to: str | None = None, key: Any = None) -> str:
-        """Queue an IQ get/set; its reply comes back as IqResult/IqError with ``key``."""
+    def send_iq(
+        self,
+        type_: str,
+        payload: str = "",
+        to: str | None = None,
+        key: Any = None,
+        purpose: str = "",
+        frm: str | None = None,
+    ) -> str:
+        """Queue an IQ get/set; its reply comes back as IqResult/IqError with ``key``. ``purpose`` goes to the
+        settings' ``ids``; ``frm`` is written as the IQ's 'from' (our JID, as some clients write it)."""
         self._require_ready()
-        id_ = self.new_id()
+        id_ = self.new_id(purpose)
         self._pending[id_] = key
-        self._out.append(iq(type_, id_, payload, to))
+        self._out.append(iq(type_, id_, payload, to, frm))
         if self.settings.ack_every:
             self._count_sent()
         return id_
@@ -255,7 +277,7 @@ class XmppStream:
                     f"<query xmlns='{ns.REGISTER}'><username>{escape_text(self.credentials.username)}"
                     f"</username><password>{escape_text(self.credentials.password)}</password></query>"
                 )
-                self._pending_raw(_REGISTER_KEY, "set", payload)
+                self._pending_raw(_REGISTER_KEY, "set", payload, "register")
                 return [ev.RegisterRequested()]
             return self._authenticate(_mechanisms(features))
         if self.state == State.RESTARTING:
@@ -264,7 +286,7 @@ class XmppStream:
                 return self._fail("bind", "not-offered", "the server does not offer resource binding")
             self.state = State.BINDING
             res = f"<resource>{escape_text(self.settings.resource)}</resource>" if self.settings.resource else ""
-            self._pending_raw(_BIND_KEY, "set", f"<bind xmlns='{ns.BIND}'>{res}</bind>")
+            self._pending_raw(_BIND_KEY, "set", f"<bind xmlns='{ns.BIND}'>{res}</bind>", "bind")
             return [ev.BindRequested()]
         raise ProtocolError(f"unexpected stream features in state {self.state}")
 
@@ -370,7 +392,7 @@ class XmppStream:
         self.jid = jid_el.text
         events: list[ev.Event] = [ev.Bound(self.jid)]
         if self.settings.legacy_session:
-            self._pending_raw(_SESSION_KEY, "set", f"<session xmlns='{ns.SESSION}'/>")
+            self._pending_raw(_SESSION_KEY, "set", f"<session xmlns='{ns.SESSION}'/>", "session")
         if self.settings.stream_management and self._sm_offered:
             self.state = State.ENABLING_SM
             resume = " resume='true'" if self.settings.sm_resume else ""
@@ -418,8 +440,8 @@ class XmppStream:
         self.state = State.CLOSED
         return [ev.StreamClosed(element.get("see-other-uri", ""))]
 
-    def _pending_raw(self, key: object, type_: str, payload: str) -> None:
-        id_ = self.new_id()
+    def _pending_raw(self, key: object, type_: str, payload: str, purpose: str) -> None:
+        id_ = self.new_id(purpose)
         self._pending[id_] = key
         self._out.append(iq(type_, id_, payload))
 

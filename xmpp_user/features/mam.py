@@ -28,11 +28,12 @@ def query(
     fields = f"<field var='FORM_TYPE' type='hidden'><value>{ns.MAM}</value></field>"
     if with_:
         fields += f"<field var='with'><value>{escape_text(with_)}</value></field>"
-    rsm = f"<max>{int(max_)}</max>"
+    rsm = ""  # <before/> first, as Converse.js writes it (the order means nothing to a server)
     if before is not None:
         rsm += f"<before>{escape_text(before)}</before>" if before else "<before/>"
     if after:
         rsm += f"<after>{escape_text(after)}</after>"
+    rsm += f"<max>{int(max_)}</max>"
     x = f"<x xmlns='{ns.DATA_FORMS}' type='submit'>{fields}</x>" if form or with_ else ""
     return f"<query xmlns='{ns.MAM}' queryid='{escape_attr(queryid)}'>{x}<set xmlns='{ns.RSM}'>{rsm}</set></query>"
 

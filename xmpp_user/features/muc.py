@@ -21,10 +21,13 @@ _STATUS = ns.clark(ns.MUC_USER, "status")
 _ITEM = ns.clark(ns.MUC_USER, "item")
 
 
-def join(room: str, nick: str, history_max: int | None = None, extra: str = "", id_: str = "") -> str:
-    """Join presence to ``room/nick``; without ``history_max`` the room's default history is sent."""
+def join(room: str, nick: str, history_max: int | None = None, extra: str = "", id_: str = "", frm: str = "") -> str:
+    """Join presence to ``room/nick``; without ``history_max`` the room's default history is sent. ``frm``: our
+    JID as the presence's 'from' (some clients write it; the server checks it)."""
     history = f"<history maxstanzas='{int(history_max)}'/>" if history_max is not None else ""
     id_attr = f" id='{id_}'" if id_ else ""
+    if frm:
+        id_attr = f" from='{escape_attr(frm)}'{id_attr}"
     return (
         f"<presence xmlns='jabber:client' to='{escape_attr(room)}/{escape_attr(nick)}'{id_attr}>"
         f"<x xmlns='{ns.MUC}'>{history}</x>{extra}</presence>"

@@ -184,10 +184,13 @@ class XmppClient:
 
     def _keep_pace(self) -> None:
         if self.pace > 0:
-            gap = self._sent_at + self.pace - time.monotonic()
-            if gap > 0:
+            now = time.monotonic()
+            gap = self._sent_at + self.pace - now
+            # A frame callback (the reader, or gevent's hub) must not block: what it sends leaves at once.
+            if gap > 0 and not self.connection.reading:
                 gevent.sleep(gap)
-            self._sent_at = time.monotonic()
+                now = time.monotonic()
+            self._sent_at = now
 
     @property
     def last_received(self) -> float:
@@ -210,13 +213,20 @@ class XmppClient:
     # -- generic requests -----------------------------------------------------------------
 
     def send_iq(
-        self, name: str, type_: str, payload: str, to: str | None = None, accept: tuple[str, ...] = ()
+        self,
+        name: str,
+        type_: str,
+        payload: str,
+        to: str | None = None,
+        accept: tuple[str, ...] = (),
+        from_: str | None = None,
     ) -> Pending:
-        """Queue an IQ; an error reply whose condition is in ``accept`` counts as an answer."""
+        """Queue an IQ; an error reply whose condition is in ``accept`` counts as an answer. ``from_``: our JID
+        as the IQ's 'from', where the client we stand for writes it."""
         self._keep_pace()
         stream = self.connection.require_ready()
         pending = Pending(name, accept=accept)
-        id_ = stream.send_iq(type_, payload, to, pending)
+        id_ = stream.send_iq(type_, payload, to, pending, name, from_)
         pending._forget = lambda: stream.forget(id_)
         self.connection.flush()
         return pending
@@ -229,8 +239,9 @@ class XmppClient:
         to: str | None = None,
         wait: bool = True,
         accept: tuple[str, ...] = (),
+        from_: str | None = None,
     ) -> Pending:
-        pending = self.send_iq(name, type_, payload, to, accept)
+        pending = self.send_iq(name, type_, payload, to, accept, from_)
         return self.wait(pending) if wait else pending
 
     def wait(self, pending: Pending, timeout: float | None = None) -> Pending:
@@ -272,18 +283,32 @@ class XmppClient:
     # -- features -------------------------------------------------------------------------
 
     def disco_info(
-        self, to: str | None = None, node: str | None = None, wait: bool = True, accept: tuple[str, ...] = ()
+        self,
+        to: str | None = None,
+        node: str | None = None,
+        wait: bool = True,
+        accept: tuple[str, ...] = (),
+        from_: str | None = None,
+        payload: str | None = None,
     ) -> Pending:
-        return self.iq("disco_info", "get", disco.info(node), to, wait, accept)
+        """``payload``: the query as the client we stand for writes it (default: ``disco.info(node)``)."""
+        return self.iq("disco_info", "get", disco.info(node) if payload is None else payload, to, wait, accept, from_)
 
-    def disco_items(self, to: str | None = None, wait: bool = True, accept: tuple[str, ...] = ()) -> Pending:
-        return self.iq("disco_items", "get", disco.ITEMS, to, wait, accept)
+    def disco_items(
+        self,
+        to: str | None = None,
+        wait: bool = True,
+        accept: tuple[str, ...] = (),
+        from_: str | None = None,
+        payload: str = disco.ITEMS,
+    ) -> Pending:
+        return self.iq("disco_items", "get", payload, to, wait, accept, from_)
 
-    def roster(self, wait: bool = True) -> Pending:
-        return self.iq("roster", "get", roster.GET, None, wait)
+    def roster(self, wait: bool = True, payload: str = roster.GET) -> Pending:
+        return self.iq("roster", "get", payload, None, wait)
 
-    def enable_carbons(self, wait: bool = True, accept: tuple[str, ...] = ()) -> Pending:
-        return self.iq("carbons", "set", carbons.ENABLE, None, wait, accept)
+    def enable_carbons(self, wait: bool = True, accept: tuple[str, ...] = (), from_: str | None = None) -> Pending:
+        return self.iq("carbons", "set", carbons.ENABLE, None, wait, accept, from_)
 
     def vcard(
         self, to: str | None = None, wait: bool = True, accept: tuple[str, ...] = (), name: str = "vcard"
@@ -302,16 +327,23 @@ class XmppClient:
         return self.iq("ping", "get", ping.PING, to or self.domain, wait)
 
     def muc_join(
-        self, room: str, nick: str, history_max: int | None = None, extra: str = "", wait: bool = True
+        self,
+        room: str,
+        nick: str,
+        history_max: int | None = None,
+        extra: str = "",
+        wait: bool = True,
+        from_: str = "",
     ) -> Pending:
-        """Join ``room`` as ``nick``; done when our own presence (status 110) comes back.
+        """Join ``room`` as ``nick``; done when our own presence (status 110) comes back. ``from_``: our JID as
+        the presence's 'from', where the client we stand for writes it.
 
         A room that refuses us as not existing while its creator configures it is joined again
         until the timeout; a new room we create ourselves is configured as an instant room, as
         a browser client does.
         """
         self._keep_pace()
-        pending = self.muc.join(room, nick, history_max, extra)
+        pending = self.muc.join(room, nick, history_max, extra, from_)
         return self.wait(pending) if wait else pending
 
     def muc_leave(self, room: str, wait: bool = True) -> Pending:
@@ -345,10 +377,10 @@ class XmppClient:
         data form, as Converse.js does when it filters nothing.
         """
         stream = self.connection.require_ready()
-        queryid = stream.new_id()
+        queryid = stream.new_id("mam_query")
         pending = Pending("mam", accept=accept)
         self.requests.queries[queryid] = pending
-        id_ = stream.send_iq("set", mam.query(queryid, max_, before, after, form=form), to, pending)
+        id_ = stream.send_iq("set", mam.query(queryid, max_, before, after, form=form), to, pending, "mam")
 
         def forget() -> None:
             stream.forget(id_)
@@ -418,4 +450,3 @@ class XmppClient:
             stream = self.connection.stream
             if stream is not None:
                 stream.reply_error(event.element)
-

@@ -64,11 +64,11 @@ class Muc:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def join(self, room: str, nick: str, history_max: int | None, extra: str) -> Pending:
+    def join(self, room: str, nick: str, history_max: int | None, extra: str, frm: str = "") -> Pending:
         stream = self.connection.require_ready()
         jid = normalise(room)
         state = self.rooms[jid] = Room(jid, nick)
-        stanza = muc.join(jid, nick, history_max, extra)
+        stanza = muc.join(jid, nick, history_max, extra, stream.presence_id(), frm)
         pending = Pending("muc_join", lambda: self.requests.joins.pop(jid, None))
         state.join_stanza, state.join_args = stanza, (history_max, extra)
         self.requests.joins[jid] = pending
@@ -100,7 +100,7 @@ class Muc:
     def say(self, room: str, body: str, extra: str) -> Pending:
         stream = self.connection.require_ready()
         to = self.rooms.jid(room)
-        id_ = stream.new_id()
+        id_ = stream.new_id("message")
         pending = Pending("message", lambda: self.requests.messages.pop(id_, None))
         self.requests.messages[id_] = pending
         stream.send(muc.groupchat(to, body, id_, extra))
