@@ -272,4 +272,5 @@ def test_ping_floor(tmp_path: Path) -> None:
         assert row["pings"] > 0 and row["generator_ms_per_ping"] > 0, row
         assert bench.lines(rf"^{row['path']} +{row['pings']} "), bench.tail()
     assert data["users"] == 5 and set(data["memory_per_session"]) == {"session_kib", "with_greenlet_kib"}, data
-    assert bench.lines(r"^memory per idle session: [\d.-]+ KiB, [\d.-]+ KiB with a greenlet asleep in it$"), bench.tail()
+    memory = r"^memory per idle session: [\d.-]+ KiB, [\d.-]+ KiB with a greenlet asleep in it$"
+    assert bench.lines(memory), bench.tail()

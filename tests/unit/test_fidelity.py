@@ -72,18 +72,18 @@ def test_converse_ids_are_uuid4s_with_strophes_suffix_per_purpose() -> None:
 
 
 def test_pace_never_sleeps_in_a_frame_callback_but_counts_its_send(monkeypatch: pytest.MonkeyPatch) -> None:
-    """XmppClient.pace: a stanza sent from a frame callback (the reader now, gevent's hub later) leaves at once,
-    and the next one sent from the user's greenlet keeps the pace after it."""
+    """XmppClient.pace: a stanza sent from a frame callback (in gevent's hub, while the connection handles what it
+    read) leaves at once, and the next one sent from the user's greenlet keeps the pace after it."""
     slept: list[float] = []
     monkeypatch.setattr(gevent, "sleep", slept.append)
     client = XmppClient("ws://127.0.0.1:9/xmpp-websocket", "localhost")
     client.pace = 60.0
     client._sent_at = time.monotonic() - 30.0  # a stanza left 30 s ago: the next is due in 30 s
-    client.connection._reader = gevent.getcurrent()  # as if called from a frame callback
+    client.connection._handling = True  # as if called from a frame callback
     assert client.connection.reading
     client._keep_pace()
     client._keep_pace()
     assert slept == []
-    client.connection._reader = None
+    client.connection._handling = False
     client._keep_pace()
     assert len(slept) == 1 and 59.0 < slept[0] <= 60.0  # 60 s after the callback's send, not 30

@@ -186,7 +186,7 @@ class XmppClient:
         if self.pace > 0:
             now = time.monotonic()
             gap = self._sent_at + self.pace - now
-            # A frame callback (the reader, or gevent's hub) must not block: what it sends leaves at once.
+            # A frame callback (in gevent's hub) must not block: what it sends leaves at once.
             if gap > 0 and not self.connection.reading:
                 gevent.sleep(gap)
                 now = time.monotonic()
