@@ -110,30 +110,41 @@ PROBE = Probe()
 
 
 def _install_transport_probe() -> None:
-    """Wrap the transport to see the stream management frames on the wire (both modes pay the wrapper)."""
-    recv, send = WebSocketTransport.recv, WebSocketTransport.send
+    """Wrap the transport to see the stream management frames on the wire (both modes pay the wrapper): each
+    message the connection's reading takes (``next_message``), and each frame written, alone or in a burst."""
+    next_message, send, send_all = WebSocketTransport.next_message, WebSocketTransport.send, WebSocketTransport.send_all
     perf = time.perf_counter
+    r_at: dict[int, float] = {}
+    """When each transport last read an ``<r/>`` not answered yet (the transport has slots: no attribute of ours)."""
 
-    def probed_recv(self: WebSocketTransport) -> str | None:
-        frame = recv(self)
+    def probed_next_message(self: WebSocketTransport) -> str | None:
+        frame = next_message(self)
         if frame is not None and frame.startswith("<r "):
-            self._r_at = perf()  # type: ignore[attr-defined]
+            r_at[id(self)] = perf()
             if PROBE.recording:
                 PROBE.r_received[id(self)] += 1
         return frame
 
-    def probed_send(self: WebSocketTransport, frame: str) -> None:
-        send(self, frame)
+    def sent(self: WebSocketTransport, frame: str) -> None:
         if frame.startswith("<a "):
-            r_at = getattr(self, "_r_at", None)
+            read_at = r_at.pop(id(self), None)
             if PROBE.recording:
                 PROBE.a_sent[id(self)] += 1
-            if r_at is not None and PROBE.recording:
-                PROBE.r_to_a_ms.append((perf() - r_at) * 1000.0)
-                self._r_at = None  # type: ignore[attr-defined]
+            if read_at is not None and PROBE.recording:
+                PROBE.r_to_a_ms.append((perf() - read_at) * 1000.0)
 
-    WebSocketTransport.recv = probed_recv  # type: ignore[method-assign]
+    def probed_send(self: WebSocketTransport, frame: str) -> None:
+        send(self, frame)
+        sent(self, frame)
+
+    def probed_send_all(self: WebSocketTransport, frames: list[str]) -> None:
+        send_all(self, frames)
+        for frame in frames:
+            sent(self, frame)
+
+    WebSocketTransport.next_message = probed_next_message  # type: ignore[method-assign]
     WebSocketTransport.send = probed_send  # type: ignore[method-assign]
+    WebSocketTransport.send_all = probed_send_all  # type: ignore[method-assign]
 
 
 def percentiles(values: list[float], points=(50, 90, 99)) -> dict[str, float]:

@@ -196,7 +196,7 @@ def test_sigterm_on_the_master_stops_its_workers(lab, tmp_path: Path) -> None:
         for p in [master, *workers]:
             p.kill()
     result = Run(code, master.output, 0.0, prefix)
-    assert code == 0, result.tail()
+    assert code == 0, (result.truth, result.tail())
     assert worker_codes == [0, 0]
     assert result.count("muc_leave") == VIEWERS + 2
     assert result.truth["lost"] == 0
