@@ -43,8 +43,8 @@ def iq_id(frame: str) -> str:
     return parse_frame(frame).get("id")
 
 
-def negotiate(stream: XmppStream, sm: bool = True) -> list[ev.Event]:
-    """Drive an ANONYMOUS stream to READY; returns every event seen."""
+def until_bind(stream: XmppStream, sm: bool = True) -> tuple[list[ev.Event], str]:
+    """Drive an ANONYMOUS stream up to its bind request; returns every event seen and the bind IQ sent."""
     seen: list[ev.Event] = []
     stream.start()
     stream.data_to_send()
@@ -56,6 +56,12 @@ def negotiate(stream: XmppStream, sm: bool = True) -> list[ev.Event]:
     seen += stream.receive_frame(OPEN)
     seen += stream.receive_frame(bind_features(sm))
     (bind,) = stream.data_to_send()
+    return seen, bind
+
+
+def negotiate(stream: XmppStream, sm: bool = True) -> list[ev.Event]:
+    """Drive an ANONYMOUS stream to READY; returns every event seen."""
+    seen, bind = until_bind(stream, sm)
     seen += stream.receive_frame(bind_result(iq_id(bind)))
     if sm:
         assert stream.data_to_send() == ["<enable xmlns='urn:xmpp:sm:3'/>"]
@@ -340,16 +346,7 @@ def test_a_browser_like_stream_sends_the_session_iq_asks_for_resumption_and_requ
     """As Converse.js (Strophe) does: the legacy session IQ after binding, SM with resume='true', and an
     ack request after every 5th stanza sent; the session IQ's answer ends nowhere."""
     stream = XmppStream("localhost", settings=StreamSettings(sm_resume=True, ack_every=5, legacy_session=True))
-    stream.start()
-    stream.data_to_send()
-    stream.receive_frame(OPEN)
-    stream.receive_frame(features("ANONYMOUS"))
-    stream.data_to_send()
-    stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
-    stream.data_to_send()
-    stream.receive_frame(OPEN)
-    stream.receive_frame(bind_features())
-    (bind,) = stream.data_to_send()
+    _, bind = until_bind(stream)
     stream.receive_frame(bind_result(iq_id(bind)))
     session, enable = stream.data_to_send()
     assert "<session xmlns='urn:ietf:params:xml:ns:xmpp-session'/>" in session
@@ -403,16 +400,7 @@ def test_an_id_factory_names_every_stanza_by_its_purpose_and_the_default_stays_a
 
 def negotiate_legacy(stream: XmppStream) -> list[str]:
     """Drive a stream with the legacy session IQ to READY (no SM); returns the bind and session IQs sent."""
-    stream.start()
-    stream.data_to_send()
-    stream.receive_frame(OPEN)
-    stream.receive_frame(features("ANONYMOUS"))
-    stream.data_to_send()
-    stream.receive_frame("<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>")
-    stream.data_to_send()
-    stream.receive_frame(OPEN)
-    stream.receive_frame(bind_features(sm=False))
-    (bind,) = stream.data_to_send()
+    _, bind = until_bind(stream, sm=False)
     stream.receive_frame(bind_result(iq_id(bind)))
     (session,) = stream.data_to_send()
     assert stream.state == State.READY
