@@ -207,14 +207,9 @@ def kind(frame: str, domain: str, muc: str, room: str, own_nick: str | None = No
     if element.tag == "unparsed":
         return "unparsed"
     namespace, local = _split(element.tag)
-    if namespace == ns.FRAMING:
-        return local  # open, close
-    if namespace == ns.SASL:
-        return f"auth:{element.get('mechanism', '')}" if local == "auth" else f"auth:{local}"
-    if namespace == ns.SM:
-        if local == "enable":
-            return "sm:enable resume" if element.get("resume") in ("true", "1") else "sm:enable"
-        return f"sm:{local}"
+    stream_kind = _stream_kind(element, namespace, local)
+    if stream_kind is not None:
+        return stream_kind
     tgt = target(element.get("to"), domain, muc, room, own_nick, own_jid)
     if element.tag == ns.IQ:
         return _iq_kind(element, tgt)
@@ -223,6 +218,19 @@ def kind(frame: str, domain: str, muc: str, room: str, own_nick: str | None = No
     if element.tag == ns.MESSAGE:
         return _message_kind(element, tgt)
     return f"{namespace} {local}".strip()
+
+
+def _stream_kind(element: Element, namespace: str, local: str) -> str | None:
+    """The kind of a framing, SASL or stream management element, named alike sent or received; None for others."""
+    if namespace == ns.FRAMING:
+        return local  # open, close
+    if namespace == ns.SASL:
+        return f"auth:{element.get('mechanism', '')}" if local == "auth" else f"auth:{local}"
+    if namespace == ns.SM:
+        if local == "enable":
+            return "sm:enable resume" if element.get("resume") in ("true", "1") else "sm:enable"
+        return f"sm:{local}"
+    return None
 
 
 def join_details(frame: str) -> dict[str, object]:
@@ -343,8 +351,11 @@ def received_kind(frame: str, domain: str, muc: str, room: str, own_nick: str | 
     if element.tag == "unparsed":
         return "unparsed"
     namespace, local = _split(element.tag)
-    if namespace in (ns.FRAMING, ns.SASL, ns.SM) or local == "features":
-        return kind(frame, domain, muc, room, own_nick, own_jid) if local != "features" else "features"
+    if local == "features":
+        return "features"
+    stream_kind = _stream_kind(element, namespace, local)
+    if stream_kind is not None:
+        return stream_kind
     tgt = target(element.get("from"), domain, muc, room, own_nick, own_jid)
     if element.tag == ns.IQ:
         return _iq_kind(element, tgt)
