@@ -282,6 +282,7 @@ def ceiling(ping_ms: float, idle_us_per_user_s: float) -> int:
 
 
 def machine() -> dict:
+    """The CPU, cores, system and Python the figures were measured on (also benchmarks/tsung_compare.py)."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
     model = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "")
     return {"cpu_model": model, "cores": os.cpu_count(), "system": platform.platform(),
@@ -385,7 +386,7 @@ def _report(results: dict, args: argparse.Namespace, load_before: tuple[float, .
     errors = [f"{k}: {r['error']}" for k, r in results.items() if r.get("error")]
     print(f"failures during the runs: {failures}")
     load_after = os.getloadavg()
-    print(f"load average: {_load(load_before)} before, {_load(load_after)} after")
+    print(f"load average: {load_text(load_before)} before, {load_text(load_after)} after")
     for error in errors:
         print(f"error: {error}")
     if args.json:
@@ -396,7 +397,8 @@ def _report(results: dict, args: argparse.Namespace, load_before: tuple[float, .
     return 1 if errors else 0
 
 
-def _load(load: tuple[float, ...]) -> str:
+def load_text(load: tuple[float, ...]) -> str:
+    """A load average as the reports print it (also benchmarks/tsung_compare.py)."""
     return "/".join(f"{v:.2f}" for v in load)
 
 

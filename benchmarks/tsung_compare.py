@@ -54,7 +54,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -71,6 +70,10 @@ from xml.sax.saxutils import quoteattr
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import generator_cost  # noqa: E402
+from generator_cost import load_text  # noqa: E402
 
 from xmpp_user.lab.lab import Lab, free_port  # noqa: E402
 from xmpp_user.lab.procs import process_cpu_seconds  # noqa: E402
@@ -567,13 +570,12 @@ def one_run(generator: str, plan: Plan, work: Path, args: argparse.Namespace) ->
 
 
 def machine() -> dict:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), "")
-    versions = {"python": platform.python_version(), "locust": importlib.metadata.version("locust")}
+    """generator_cost's machine, with the versions of the packages both generators run on."""
+    versions = {"locust": importlib.metadata.version("locust")}
     for package in ("prosody", "tsung", "erlang-base"):
         versions[package] = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", package], capture_output=True,
                                            text=True, check=False).stdout  # fmt: skip
-    return {"cpu_model": model, "cores": os.cpu_count(), "system": platform.platform(), **versions}
+    return {**generator_cost.machine(), **versions}
 
 
 COLUMNS = ("generator", "run", "sent", "own deliv.", "server deliv.", "gen. CPU-s", "µs/deliv.", "peak RSS MiB",
@@ -681,7 +683,7 @@ def main() -> int:
                 for f in top[order]:
                     print(f"  {f['own_pct']:5.1f} {f['total_pct']:5.1f}  {f['function']}  {f['file']}")
     load_after = os.getloadavg()
-    print(f"load average: {_load(load_before)} before, {_load(load_after)} after")
+    print(f"load average: {load_text(load_before)} before, {load_text(load_after)} after")
     short = [f"{g} run {n}: {r['server']['deliveries']} of {plan.deliveries} deliveries"
              for g, runs in results.items() for n, r in enumerate(runs, 1)
              if r["server"]["deliveries"] != plan.deliveries or r.get("error")]  # fmt: skip
@@ -694,10 +696,6 @@ def main() -> int:
                 "means": means}  # fmt: skip
         Path(args.json).write_text(json.dumps(data, indent=2))
     return 1 if short else 0
-
-
-def _load(load: tuple[float, ...]) -> str:
-    return "/".join(f"{v:.2f}" for v in load)
 
 
 if __name__ == "__main__":
