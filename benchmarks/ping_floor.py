@@ -131,8 +131,8 @@ def measure(pingers: list[Pinger], path: str, interval: float, window: float, se
     gevent.sleep(settle)
     answered0, ours0, server0 = sum(p.answered for p in pingers), cpu(), process_cpu_seconds(server_pid)
     gevent.sleep(window)
-    answered, ours, server = sum(p.answered for p in pingers) - answered0, cpu() - ours0, 0.0
-    server = process_cpu_seconds(server_pid) - server0
+    answered = sum(p.answered for p in pingers) - answered0
+    ours, server = cpu() - ours0, process_cpu_seconds(server_pid) - server0
     gevent.joinall(greenlets, timeout=interval + 30, raise_error=True)
     return {"path": path, "pings": answered, "generator_ms_per_ping": round(ours / answered * 1000, 4),
             "server_ms_per_ping": round(server / answered * 1000, 4),
