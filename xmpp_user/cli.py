@@ -484,8 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
         "cost", help="the server's CPU per join: real Converse.js pages joining one after another vs a profile",
         description="For each run: on a fresh lab, a room with a 50-message archive; N real Converse.js pages "
         "(one headless Chromium, a browser context each) join one every S seconds and stay; the server's CPU "
-        "from the first join to the end of the stay, per join. Then the same with N viewers of the profile, on "
-        "another fresh lab. Prints per run both costs, their ratio and the frames per join.")  # fmt: skip
+        "from the first join to the end of the stay, per join. At the same time, on another fresh lab, the same "
+        "with N viewers of the profile, viewer k starting when page k sends its first frame, so both servers "
+        "work under the same load. Prints per run both costs, their ratio and the frames per join.")  # fmt: skip
     cost.add_argument("--client", default="converse-14", help="the profile (default converse-14)")
     cost.add_argument("--server", choices=SERVERS, default="prosody", help="the lab server (default prosody)")
     cost.add_argument("--joins", type=int, default=20, metavar="N", help="clients per run (default 20)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 from xml.etree.ElementTree import canonicalize
 
@@ -112,3 +113,38 @@ def test_converse_14_viewers_write_their_stanzas_as_converse_does(lab: Lab) -> N
                 shapes.add(_masked(frame, page.jid, room))
     assert shapes - CONVERSE_STANZAS == set()
     assert len(shapes) >= 20  # every kind of its join, an occupant's vCard and the room's on their presence
+
+
+def test_viewers_beside_the_pages_start_when_each_page_sends_its_first_frame(lab: Lab) -> None:
+    """``Beside``: viewer k starts when told page k sent its first frame, not by the clock (an interval of 0
+    would start both at once)."""
+    if lab.server != "prosody":
+        pytest.skip("the child process does the same on either server")
+    room = motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
+    beside = motion.Beside(lab, room, 2, 0.0, 1.0, "converse-14", join_timeout=30)
+    try:
+        beside.signal("go")
+        beside.signal("0")
+        time.sleep(2.0)
+        beside.signal("1")
+        ours = beside.result(timeout=60)
+    finally:
+        beside.stop()
+    assert [page.nick for page in ours.pages] == ["Viewer-00", "Viewer-01"]
+    assert all(page.joined is not None for page in ours.pages)
+    assert ours.pages[0].opened < 1.0
+    assert ours.pages[1].opened >= 1.5  # the signal came 2 s after "go"; its delivery may lag "go"'s a little
+
+
+def test_viewers_beside_the_pages_say_in_one_line_why_they_could_not_start(lab: Lab) -> None:
+    if lab.server != "prosody":
+        pytest.skip("the child process does the same on either server")
+    beside = motion.Beside(lab, f"nowhere@{lab.muc_domain}", 1, 0.0, 1.0, "no-such-profile", join_timeout=5)
+    try:
+        beside.signal("go")
+        beside.signal("0")
+        with pytest.raises(motion.MotionError) as error:
+            beside.result(timeout=60)
+    finally:
+        beside.stop()
+    assert "\n" not in str(error.value) and "no-such-profile" in str(error.value)

@@ -13,13 +13,19 @@ server's caps queries); over a minute, stream-management acks and keepalive ping
 Both record, per client, every frame sent and received with its time (seconds since the window opened)
 and the server's CPU (utime+stime of its process) from the first join to the end of the stay.
 ``reduce`` turns a client's frames into kinds (xmpp_user.fidelity.kinds), ``kind_counts`` sums them over
-pages. ``cost`` runs both on fresh labs, run after run (``locust-xmpp fidelity cost``).
+pages. ``cost_run`` runs both at the same time, each on a fresh lab, the viewers in a child process started
+by the pages (``Beside``), run after run (``locust-xmpp fidelity cost``): the ratio of two servers' CPU
+measured under the same load, where one side after the other measured the host's load as much as the clients.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 
 from xmpp_user.fidelity import converse, kinds, scene
 from xmpp_user.session.client import XmppClient
@@ -110,6 +117,15 @@ class Motion:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Motion:
+        pages = [Page(**{**p, "sent": [tuple(f) for f in p["sent"]], "received": [tuple(f) for f in p["received"]]})
+                 for p in data["pages"]]  # fmt: skip
+        rest = {k: v for k, v in data.items() if k != "pages"}
+        rest["load_average"] = tuple(rest["load_average"])
+        rest["cpu_samples"] = [tuple(x) for x in rest.get("cpu_samples", [])]
+        return cls(**rest, pages=pages)
+
 
 # -- the room ------------------------------------------------------------------------------------
 
@@ -154,9 +170,13 @@ PAGE = converse.PAGE.replace(
 
 
 def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, view: View,
-                version: str = converse.VERSION, join_timeout: float = JOIN_TIMEOUT) -> Motion:  # fmt: skip
+                version: str = converse.VERSION, join_timeout: float = JOIN_TIMEOUT,
+                signal: Callable[[str], None] | None = None) -> Motion:  # fmt: skip
     """``joins`` real Converse pages join ``room`` one every ``interval`` s and stay ``stay`` s after the
-    last opened; MotionError when a page is not in the room ``join_timeout`` s after it opened."""
+    last opened; MotionError when a page is not in the room ``join_timeout`` s after it opened.
+
+    ``signal`` hears ``"go"`` when the window opens and a page's position when it sends its first frame
+    (``Beside`` starts the viewers that way)."""
     sync_playwright = converse._sync_playwright()
     dist = converse.install(version)
     html = PAGE % json.dumps(page_options(lab.websocket_url, room, lab.domain, view))
@@ -176,6 +196,8 @@ def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, v
 
         def on_sent(payload: str | bytes) -> None:
             text = payload if isinstance(payload, str) else payload.decode()
+            if not page.sent and signal is not None:
+                signal(str(page.position))
             page.sent.append((round(time.monotonic() - t0, 3), text))
 
         def on_websocket(ws: Any) -> None:
@@ -191,6 +213,8 @@ def real_motion(lab: Any, room: str, joins: int, interval: float, stay: float, v
             tabs: list[Any] = []
             cpu0, io0 = lab.cpu_seconds(), _io(lab)
             t0 = time.monotonic()
+            if signal is not None:
+                signal("go")
             end = t0 + (joins - 1) * interval + stay
             while True:
                 now = time.monotonic() - t0
@@ -238,8 +262,16 @@ class _Failures:
 
 
 def emulated_motion(lab: Any, room: str, joins: int, interval: float, stay: float, profile: str,
-                    join_timeout: float = JOIN_TIMEOUT) -> Motion:  # fmt: skip
-    """The same scene with ``profile``'s viewers (scene.EmulatedViewer), each staying until the end."""
+                    join_timeout: float = JOIN_TIMEOUT,
+                    start: Callable[[int], None] | None = None) -> Motion:  # fmt: skip
+    """The same scene with ``profile``'s viewers (scene.EmulatedViewer), each staying until the window closes.
+
+    Viewer ``i`` starts ``i * interval`` s after the window opened, or, with ``start``, once ``start(i)``
+    returns (``Beside``: when page ``i`` sent its first frame). The window closes ``stay`` s after the last
+    start was due and once every viewer is in the room; the server's CPU is read then, before the viewers
+    leave, as ``real_motion`` reads it before the browser closes."""
+    if profile not in scene.PROFILES:
+        raise MotionError(f"no client profile {profile!r} (choose from {', '.join(sorted(scene.PROFILES))})")
     where = scene.Scene(lab.websocket_url, lab.domain, lab.muc_domain, room)
     failures = _Failures()
     pages: list[Page] = []
@@ -247,43 +279,55 @@ def emulated_motion(lab: Any, room: str, joins: int, interval: float, stay: floa
     t0 = time.monotonic()
     end = t0 + (joins - 1) * interval + stay
     errors: list[str] = []
+    closed = gevent.event.Event()
 
     def live(page: Page) -> None:
-        viewer = scene.EmulatedViewer(where, profile, failures, nick=page.nick)
-        connection = viewer.xmpp.connection
-        connection.on_frame_sent.append(lambda f: page.sent.append((round(time.monotonic() - t0, 3), f)))
-        connection.on_frame_received.append(lambda f: page.received.append((round(time.monotonic() - t0, 3), f)))
+        viewer = None
         try:
+            viewer = scene.EmulatedViewer(where, profile, failures, nick=page.nick)
+            connection = viewer.xmpp.connection
+            connection.on_frame_sent.append(lambda f: page.sent.append((round(time.monotonic() - t0, 3), f)))
+            connection.on_frame_received.append(lambda f: page.received.append((round(time.monotonic() - t0, 3), f)))
             with gevent.Timeout(join_timeout, MotionError(f"not in the room within {join_timeout:g} s")):
                 viewer.xmpp.connect()
                 page.jid = viewer.xmpp.jid
                 viewer.profile.join()
             page.joined = round(time.monotonic() - t0, 3)
-            while time.monotonic() < end:
+            while not closed.is_set():
                 viewer.background = viewer.xmpp.expire(viewer.background)
                 viewer.profile.idle()
-                gevent.sleep(min(IDLE_EVERY, max(0.0, end - time.monotonic())))
+                closed.wait(IDLE_EVERY)
         except Exception as exc:  # noqa: BLE001  (reported as the scene's one-line error)
             errors.append(f"{profile} viewer {page.position} ({page.nick}): {exc}")
         finally:
-            viewer.xmpp.abort()
+            if viewer is not None:
+                viewer.xmpp.abort()
 
     samples: list[tuple[float, float]] = []
 
     def sample() -> None:
-        while time.monotonic() < end:
+        while not closed.is_set():
             samples.append((round(time.monotonic() - t0, 3), round(lab.cpu_seconds() - cpu0, 3)))
-            gevent.sleep(SAMPLE)
+            closed.wait(SAMPLE)
 
     greenlets = [gevent.spawn(sample)]
     for i in range(joins):
-        gevent.sleep(max(0.0, t0 + i * interval - time.monotonic()))
+        if start is not None:
+            start(i)
+        else:
+            gevent.sleep(max(0.0, t0 + i * interval - time.monotonic()))
         page = Page(i, nick(i), round(time.monotonic() - t0, 3))
         pages.append(page)
         greenlets.append(gevent.spawn(live, page))
-    gevent.joinall(greenlets, timeout=max(0.0, end - time.monotonic()) + join_timeout + 10)
+    deadline = max(end, time.monotonic()) + join_timeout
+    while time.monotonic() < deadline and not errors:
+        if time.monotonic() >= end and all(p.joined is not None for p in pages):
+            break
+        gevent.sleep(0.05)
     cpu, io = lab.cpu_seconds() - cpu0, _since(io0, _io(lab))
     window = time.monotonic() - t0
+    closed.set()
+    gevent.joinall(greenlets, timeout=10)
     gevent.killall(greenlets, timeout=5)
     if errors:
         raise MotionError(errors[0])
@@ -347,6 +391,91 @@ def kind_table(real: Motion, emulated: Motion, way: str) -> list[tuple[str, int,
 # -- the cost command ----------------------------------------------------------------------------
 
 
+class Beside:
+    """A profile's viewers in a child process, on their own lab, at the same time as real pages on another.
+
+    The host's other work moves a server's CPU per join by a third between runs minutes apart (see the
+    README), so the two sides run side by side, each on its own fresh lab: the child opens its window when
+    the pages' opens (``"go"`` on its standard input) and starts viewer ``k`` when page ``k`` sends its first
+    frame (``"k"``), so both servers do the same work at the same moments, under the same load, Chromium's
+    included. The child writes its Motion as JSON (or ``{"error": ...}``) to a file. A child: Playwright's
+    synchronous API holds the thread while it waits, so gevent's viewers cannot run beside it in one process.
+    """
+
+    def __init__(self, lab: Any, room: str, joins: int, interval: float, stay: float, profile: str,
+                 join_timeout: float = JOIN_TIMEOUT) -> None:  # fmt: skip
+        self.out = Path(tempfile.mkstemp(prefix="locust-xmpp-beside-", suffix=".json")[1])
+        spec = {"run_dir": str(lab.run_dir), "room": room, "joins": joins, "interval": interval, "stay": stay,
+                "profile": profile, "join_timeout": join_timeout, "out": str(self.out)}  # fmt: skip
+        code = "from xmpp_user.fidelity import motion; motion.beside_main()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE)  # fmt: skip
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self._stdin = self.proc.stdin.fileno()
+        with gevent.Timeout(60, False):  # its imports and its lab: ready before the pages open
+            self.proc.stdout.readline()
+
+    def signal(self, what: str) -> None:
+        try:
+            os.write(self._stdin, f"{what}\n".encode())
+        except OSError:
+            pass  # the child is gone: result() says why
+
+    def result(self, timeout: float) -> Motion:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise MotionError(f"the viewers beside the pages did not finish within {timeout:g} s") from None
+        try:
+            data = json.loads(self.out.read_text())
+        except (OSError, ValueError):
+            raise MotionError(f"the viewers beside the pages ended ({self.proc.returncode}) without a result") from None
+        if "error" in data:
+            raise MotionError(data["error"])
+        return Motion.from_json(data)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.out.unlink(missing_ok=True)
+
+
+def beside_main() -> None:
+    """The child of ``Beside``: the viewers on the lab in ``run_dir``, started by the lines on standard input."""
+    import locust  # noqa: F401  (gevent's monkey patching, before any socket is made)
+    from gevent.fileobject import FileObject
+
+    from xmpp_user.lab.lab import Lab
+
+    spec = json.loads(sys.argv[1])
+    started: dict[str, gevent.event.Event] = {w: gevent.event.Event() for w in ["go", *map(str, range(spec["joins"]))]}
+
+    def listen() -> None:
+        for line in FileObject(sys.stdin.fileno(), "r"):
+            if line.strip() in started:
+                started[line.strip()].set()
+        for event in started.values():  # the pages ended: nothing more will start
+            event.set()
+
+    def start(i: int) -> None:
+        if not started[str(i)].wait(spec["join_timeout"]):
+            raise MotionError(f"page {i} sent nothing within {spec['join_timeout']:g} s")
+
+    gevent.spawn(listen)
+    lab = Lab.from_record(spec["run_dir"])
+    print("ready", flush=True)
+    try:
+        started["go"].wait()
+        result = emulated_motion(lab, spec["room"], spec["joins"], spec["interval"], spec["stay"], spec["profile"],
+                                 spec["join_timeout"], start).to_json()  # fmt: skip
+    except Exception as exc:  # noqa: BLE001  (one line for the parent)
+        result = {"error": str(exc) or type(exc).__name__}
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
 @dataclass
 class CostRun:
     real: Motion
@@ -359,23 +488,26 @@ class CostRun:
 
 def cost_run(lab_factory: Callable[[], Any], profile: str, joins: int, interval: float, stay: float,
              version: str = converse.VERSION, join_timeout: float = JOIN_TIMEOUT) -> CostRun:  # fmt: skip
-    """One run: real pages on a fresh lab, then the profile's viewers on another fresh lab."""
+    """One run: real pages on a fresh lab and, side by side (``Beside``), the profile's viewers on another."""
     view = VIEWS.get(profile)
     if view is None:
         raise MotionError(f"profile {profile!r} has no real page to compare with (choose from {', '.join(VIEWS)})")
-    sides: list[Motion] = []
-    for real in (True, False):
-        lab = lab_factory()
+    labs: list[Any] = []
+    try:
+        labs += [lab_factory(), lab_factory()]
+        pages_lab, viewers_lab = labs
+        rooms = [seed_room(lab.websocket_url, lab.domain, lab.muc_domain) for lab in labs]
+        gevent.sleep(1.0)  # the archives' writes settle before the window opens
+        beside = Beside(viewers_lab, rooms[1], joins, interval, stay, profile, join_timeout)
         try:
-            room = seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
-            gevent.sleep(1.0)  # the archive's writes settle before the window opens
-            if real:
-                sides.append(real_motion(lab, room, joins, interval, stay, view, version, join_timeout))
-            else:
-                sides.append(emulated_motion(lab, room, joins, interval, stay, profile, join_timeout))
+            real = real_motion(pages_lab, rooms[0], joins, interval, stay, view, version, join_timeout, beside.signal)
+            emulated = beside.result(timeout=join_timeout + 30)
         finally:
+            beside.stop()
+    finally:
+        for lab in labs:
             lab.down()
-    return CostRun(*sides)
+    return CostRun(real, emulated)
 
 
 def summary(runs: list[CostRun]) -> dict[str, Any]:

@@ -79,8 +79,8 @@ def compare(servers: list[str], profile: str, live: bool, fixture: Path = scene.
 
 def cost(server: str, profile: str, joins: int, interval: float, stay: float, runs: int,
          out: Callable[[str], None] = print) -> tuple[list[motion.CostRun], dict[str, Any]]:  # fmt: skip
-    """``runs`` runs of the moving scene (real pages, then ``profile``'s viewers, each on a fresh lab); prints
-    a line per run as it ends and returns the runs and their summary."""
+    """``runs`` runs of the moving scene (real pages and, side by side, ``profile``'s viewers, each on a fresh
+    lab: motion.Beside); prints a line per run as it ends and returns the runs and their summary."""
     done: list[motion.CostRun] = []
     labs = itertools.count()
     with tempfile.TemporaryDirectory(prefix="locust-xmpp-fidelity-") as root:
