@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections import Counter
 from pathlib import Path
 from xml.etree.ElementTree import canonicalize
 
@@ -148,3 +149,15 @@ def test_viewers_beside_the_pages_say_in_one_line_why_they_could_not_start(lab: 
     finally:
         beside.stop()
     assert "\n" not in str(error.value) and "no-such-profile" in str(error.value)
+
+
+def test_converse_14_viewers_fetch_the_occupant_avatars_twenty_real_pages_fetched(lab: Lab) -> None:
+    """20 joining one by one (1280x800): real Converse 14 pages fetched, page by page, 17 occupant vCards (those
+    in the room then fetch each joiner but the one landing on the 18th row), 18 for the 18th page and 19 for the
+    last two (18 rows of others on screen, and the archive's author), on both lab servers, in every one of
+    five runs of ``fidelity cost``. The 10-page recording cannot see the 18th row."""
+    room = motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
+    ours = motion.emulated_motion(lab, room, 20, 0.5, 2.0, "converse-14")
+    assert ours.failures == []
+    fetched = [Counter(motion.reduce(ours, page, "sent"))["iq-get vcard occupant"] for page in ours.pages]
+    assert fetched == [17] * 17 + [18, 19, 19]

@@ -180,7 +180,7 @@ class Converse14(Profile):
        archive's last page (max --mam-max, no data form).
     6. Once the archive is in: the vCard of each occupant in the rows on screen (moderators first,
        then by nick; --visible-occupants, 18 in a 1280x800 window) and of the authors of the archived
-       messages. Later, a joiner's vCard if it lands within those rows.
+       messages. Later, a joiner's vCard if it lands within those rows but the last.
     Meanwhile: a ping to the server after 25 s with nothing received; the server's disco#info query
     about our caps is answered.
     """
@@ -284,7 +284,7 @@ class Converse14(Profile):
                 return
             if element.find(_PHOTO) is not None:
                 self.track(x.vcard(v.room, wait=False, accept=NO_VCARD, name="vcard_room"))
-            if new and self.shown and self._unasked(nick) and nick in self._rows_on_screen():
+            if new and self.shown and self._unasked(nick) and self._joiner_on_screen(nick):
                 self.track(self._vcard(nick))
         elif frm == x.jid and v.vcards and element.find(_PHOTO) is not None:
             # Our own presence, reflected with an avatar hash: Converse reads its own vCard again.
@@ -310,6 +310,13 @@ class Converse14(Profile):
     def _rows_on_screen(self) -> list[str]:
         order = sorted(self.roles, key=lambda n: (_ROLE_ORDER.get(self.roles[n], 3), n.casefold()))
         return order[: self.rows]
+
+    def _joiner_on_screen(self, nick: str) -> bool:
+        """Whether a joiner lands in a row a page already showing the list fetches: every row on screen but the
+        last. Real Converse 14 pages at 1280x800, 20 joining one by one: each page then in the room left the
+        18th occupant's avatar alone, where every page joining later fetched it with the other rows."""
+        rows = self._rows_on_screen()
+        return nick in (rows if self.rows is None else rows[: max(0, self.rows - 1)])
 
     def _unasked(self, nick: str) -> bool:
         room = self.x.rooms.get(self.v.room)  # called from the reader: never raise
