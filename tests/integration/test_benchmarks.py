@@ -274,3 +274,26 @@ def test_ping_floor(tmp_path: Path) -> None:
     assert data["users"] == 5 and set(data["memory_per_session"]) == {"session_kib", "with_greenlet_kib"}, data
     memory = r"^memory per idle session: [\d.-]+ KiB, [\d.-]+ KiB with a greenlet asleep in it$"
     assert bench.lines(memory), bench.tail()
+
+
+def test_motion_replay(tmp_path: Path) -> None:
+    """Two real Converse pages in motion (``fidelity cost --json``, Chromium), then their frames replayed beside
+    two converse-14 viewers: every frame the pages sent is sent again, none waits past its cut, both sides
+    cost the server something."""
+    from xmpp_user.fidelity import converse
+
+    if not Path(converse.CHROMIUM).exists():
+        pytest.skip(f"{converse.CHROMIUM} is missing")
+    cost = tmp_path / "cost.json"
+    cli = Path(sys.executable).with_name("locust-xmpp")
+    done = subprocess.run([str(cli), "fidelity", "cost", "--joins", "2", "--interval", "1", "--stay", "2", "--json",
+                           str(cost)], cwd=REPO, env={**os.environ, "TMPDIR": str(tmp_path)}, capture_output=True,
+                          text=True, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = tmp_path / "replay.json"
+    bench = run_benchmark("motion_replay.py", tmp_path, str(cost), "--json", str(out), timeout=120)
+    assert bench.lines(r"^prosody, 2 pages replayed: [\d.]+ ms/join; converse-14 viewers beside them"), bench.tail()
+    result = json.loads(out.read_text())
+    sent = sum(len(page["sent"]) for page in json.loads(cost.read_text())["runs"][0]["real"]["pages"])
+    assert result["frames_sent"] == sent and result["stalls"] == 0, result
+    assert result["replay_ms_per_join"] > 0 and result["viewers_ms_per_join"] > 0, result
