@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from xmpp_user.fidelity import kinds, motion
 
 ROOM = "motion-1@muc.localhost"
@@ -88,3 +90,24 @@ def test_a_join_before_the_global_presence_is_an_order_difference() -> None:
         "first page 0: order: the real client sends every presence global before any presence join, the emulation "
         "after"
     ]
+
+
+def test_a_cost_run_whose_second_lab_fails_to_start_stops_the_first() -> None:
+    class Started:
+        stopped = False
+
+        def down(self) -> None:
+            self.stopped = True
+
+    first = Started()
+    made: list[object] = []
+
+    def factory() -> Started:
+        if made:
+            raise motion.MotionError("the second lab did not start")
+        made.append(first)
+        return first
+
+    with pytest.raises(motion.MotionError, match="second lab"):
+        motion.cost_run(factory, "converse-14", 2, 1.0, 1.0)
+    assert first.stopped
