@@ -38,7 +38,7 @@ from weakref import WeakKeyDictionary
 import gevent
 from locust.env import Environment
 from locust.runners import STATE_MISSING, LocalRunner, MasterRunner, WorkerRunner
-from locust.stats import PERCENTILES_TO_REPORT, StatsCSV
+from locust.stats import PERCENTILES_TO_REPORT, StatsCSV, StatsCSVFileWriter
 
 from xmpp_user.run import phases
 from xmpp_user.run.deviations import DEVIATIONS, Deviations
@@ -351,6 +351,33 @@ def _report(environment: Environment, run: _Run) -> None:
             writer = csv.DictWriter(f, MEMBER_COLUMNS)
             writer.writeheader()
             writer.writerows(run.tally.members(run.missing))
+
+
+def _writer_stops_with_its_files() -> None:
+    """Locust 2.47 closes its CSV files at shutdown while its ``stats_writer`` greenlet sleeps between writes;
+    one more switch to the hub before the process is gone (monkey-patched threading joins its threads at
+    exit) wakes the writer on closed files, and a good run ends on ``ValueError: I/O operation on closed
+    file``. Here the writer greenlet is remembered when it starts and killed before the files are closed."""
+    start, close = StatsCSVFileWriter.stats_writer, StatsCSVFileWriter.close_files
+    if getattr(close, "stops_writer", False):
+        return
+
+    def stats_writer(self: StatsCSVFileWriter) -> None:
+        self._writer_greenlet = gevent.getcurrent()  # type: ignore[attr-defined]
+        start(self)
+
+    def close_files(self: StatsCSVFileWriter) -> None:
+        writer = getattr(self, "_writer_greenlet", None)
+        if writer is not None and writer is not gevent.getcurrent() and hasattr(writer, "kill"):
+            writer.kill(block=True, timeout=2)
+        close(self)
+
+    close_files.stops_writer = True  # type: ignore[attr-defined]
+    StatsCSVFileWriter.stats_writer = stats_writer  # type: ignore[method-assign]
+    StatsCSVFileWriter.close_files = close_files  # type: ignore[method-assign]
+
+
+_writer_stops_with_its_files()
 
 
 def _write_final_csv(environment: Environment) -> None:
