@@ -142,8 +142,10 @@ class Replayed:
 def replay_run(real: dict[str, Any], profile: str, fast: bool) -> dict[str, Any]:
     joins, interval, stay = real["joins"], real["interval"], real["stay"]
     with tempfile.TemporaryDirectory(prefix="locust-xmpp-replay-") as root:
-        labs = [_lab(real["server"], f"{root}/replay"), _lab(real["server"], f"{root}/viewers")]
+        labs: list[Any] = []
         try:
+            for name in ("replay", "viewers"):
+                labs.append(_lab(real["server"], f"{root}/{name}"))  # one by one: each started one is stopped
             rooms = [motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain) for lab in labs]
             gevent.sleep(1.0)
             beside = motion.Beside(labs[1], rooms[1], joins, interval, stay, profile)
