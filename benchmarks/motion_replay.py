@@ -142,32 +142,23 @@ class Replayed:
 def replay_run(real: dict[str, Any], profile: str, fast: bool) -> dict[str, Any]:
     joins, interval, stay = real["joins"], real["interval"], real["stay"]
     with tempfile.TemporaryDirectory(prefix="locust-xmpp-replay-") as root:
-        labs: list[Any] = []
-        try:
-            for name in ("replay", "viewers"):
-                labs.append(_lab(real["server"], f"{root}/{name}"))  # one by one: each started one is stopped
-            rooms = [motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain) for lab in labs]
-            gevent.sleep(1.0)
-            beside = motion.Beside(labs[1], rooms[1], joins, interval, stay, profile)
-            try:
-                pages = [Replayed(p, (real["room"], rooms[0]), fast) for p in real["pages"]]
-                cpu0 = labs[0].cpu_seconds()
-                t0 = time.monotonic()
-                beside.signal("go")
-                end = t0 + real["window_seconds"]  # as long as the pages' window was (it waits for late joins)
-                greenlets = [gevent.spawn(p.run, labs[0].websocket_url, t0, end, beside.signal) for p in pages]
-                gevent.sleep(max(0.0, end - time.monotonic()))
-                cpu = labs[0].cpu_seconds() - cpu0
-                gevent.joinall(greenlets, timeout=10)
-                for g in greenlets:
-                    if g.exception is not None:
-                        raise SystemExit(f"a replayed page failed: {g.exception}")
-                viewers = beside.result(timeout=motion.JOIN_TIMEOUT + 30)
-            finally:
-                beside.stop()
-        finally:
-            for lab in labs:
-                lab.down()
+        names = iter(("replay", "viewers"))
+        labs = motion.side_by_side(lambda: _lab(real["server"], f"{root}/{next(names)}"), profile, joins, interval,
+                                   stay)  # fmt: skip
+        with labs as (lab, room, beside):
+            pages = [Replayed(p, (real["room"], room), fast) for p in real["pages"]]
+            cpu0 = lab.cpu_seconds()
+            t0 = time.monotonic()
+            beside.signal("go")
+            end = t0 + real["window_seconds"]  # as long as the pages' window was (it waits for late joins)
+            greenlets = [gevent.spawn(p.run, lab.websocket_url, t0, end, beside.signal) for p in pages]
+            gevent.sleep(max(0.0, end - time.monotonic()))
+            cpu = lab.cpu_seconds() - cpu0
+            gevent.joinall(greenlets, timeout=10)
+            for g in greenlets:
+                if g.exception is not None:
+                    raise SystemExit(f"a replayed page failed: {g.exception}")
+            viewers = beside.result(timeout=motion.JOIN_TIMEOUT + 30)
     replay_ms = round(cpu * 1000 / joins, 1)
     return {"server": real["server"], "joins": joins, "fast": fast, "recorded_real_ms_per_join": real["cpu_seconds"]
             * 1000 / joins, "replay_ms_per_join": replay_ms, "viewers_ms_per_join": viewers.ms_per_join,

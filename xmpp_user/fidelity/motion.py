@@ -28,7 +28,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -476,6 +477,29 @@ def beside_main() -> None:
     Path(spec["out"]).write_text(json.dumps(result))
 
 
+@contextmanager
+def side_by_side(lab_factory: Callable[[], Any], profile: str, joins: int, interval: float, stay: float,
+                 join_timeout: float = JOIN_TIMEOUT) -> Iterator[tuple[Any, str, Beside]]:  # fmt: skip
+    """Two fresh labs from ``lab_factory``, each with a seeded room, and ``profile``'s viewers ready on the second
+    (``Beside``): yields the first lab, its room and the viewers, whose ``signal`` the first lab's clients give.
+    Stops the viewers' child and every lab it started (one by one: a second that fails to start leaves the
+    first to stop), however the block ends."""
+    labs: list[Any] = []
+    try:
+        for _ in range(2):
+            labs.append(lab_factory())
+        rooms = [seed_room(lab.websocket_url, lab.domain, lab.muc_domain) for lab in labs]
+        gevent.sleep(1.0)  # the archives' writes settle before the window opens
+        beside = Beside(labs[1], rooms[1], joins, interval, stay, profile, join_timeout)
+        try:
+            yield labs[0], rooms[0], beside
+        finally:
+            beside.stop()
+    finally:
+        for lab in labs:
+            lab.down()
+
+
 @dataclass
 class CostRun:
     real: Motion
@@ -492,22 +516,9 @@ def cost_run(lab_factory: Callable[[], Any], profile: str, joins: int, interval:
     view = VIEWS.get(profile)
     if view is None:
         raise MotionError(f"profile {profile!r} has no real page to compare with (choose from {', '.join(VIEWS)})")
-    labs: list[Any] = []
-    try:
-        for _ in range(2):
-            labs.append(lab_factory())  # one by one: a second that fails to start leaves the first to stop
-        pages_lab, viewers_lab = labs
-        rooms = [seed_room(lab.websocket_url, lab.domain, lab.muc_domain) for lab in labs]
-        gevent.sleep(1.0)  # the archives' writes settle before the window opens
-        beside = Beside(viewers_lab, rooms[1], joins, interval, stay, profile, join_timeout)
-        try:
-            real = real_motion(pages_lab, rooms[0], joins, interval, stay, view, version, join_timeout, beside.signal)
-            emulated = beside.result(timeout=join_timeout + 30)
-        finally:
-            beside.stop()
-    finally:
-        for lab in labs:
-            lab.down()
+    with side_by_side(lab_factory, profile, joins, interval, stay, join_timeout) as (lab, room, beside):
+        real = real_motion(lab, room, joins, interval, stay, view, version, join_timeout, beside.signal)
+        emulated = beside.result(timeout=join_timeout + 30)
     return CostRun(real, emulated)
 
 
