@@ -157,7 +157,7 @@ def test_converse_14_viewers_fetch_the_occupant_avatars_twenty_real_pages_fetche
     last two (18 rows of others on screen, and the archive's author), on both lab servers, in every one of
     five runs of ``fidelity cost``. The 10-page recording cannot see the 18th row."""
     room = motion.seed_room(lab.websocket_url, lab.domain, lab.muc_domain)
-    ours = motion.emulated_motion(lab, room, 20, 0.5, 2.0, "converse-14")
+    ours = motion.emulated_motion(lab, room, 20, 1.0, 1.0, "converse-14")  # each in before the next
     assert ours.failures == []
     fetched = [Counter(motion.reduce(ours, page, "sent"))["iq-get vcard occupant"] for page in ours.pages]
     assert fetched == [17] * 17 + [18, 19, 19]
