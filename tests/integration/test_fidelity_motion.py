@@ -133,7 +133,7 @@ def test_viewers_beside_the_pages_start_when_each_page_sends_its_first_frame(lab
         beside.stop()
     assert [page.nick for page in ours.pages] == ["Viewer-00", "Viewer-01"]
     assert all(page.joined is not None for page in ours.pages)
-    assert ours.pages[0].opened < 1.0
+    assert ours.pages[0].opened < ours.pages[1].opened  # in the order told (no bound on how fast: not timed)
     assert ours.pages[1].opened >= 1.5  # the signal came 2 s after "go"; its delivery may lag "go"'s a little
 
 
