@@ -125,14 +125,20 @@ def test_the_field_test_scaled_down_on_a_server_that_falls_behind(
     seen = verify(records, jid, result.rows("truth_members"))
     assert seen["errors"] == [] and seen["consistent"], seen["errors"]
     talk = n * 3  # each viewer talks for 3 s at 1 message/s, in every batch
-    assert seen["messages"] == seen["distinct_messages"] == truth["sent"] == 3 * talk + SEED and seen["complete"]
+    # The server is stopped, not the generator; but on a busy machine the generator itself may reach a message a
+    # whole interval after its time: then that message is skipped, and said to be skipped for that reason only.
+    skipped = truth["skipped"]
+    late = truth["deviations"].get("messages_late", {"count": 0})["count"]
+    assert skipped == late < talk and "messages_skipped" not in truth["deviations"], truth
+    sent = 3 * talk + SEED - skipped
+    assert seen["messages"] == seen["distinct_messages"] == truth["sent"] == sent and seen["complete"]
     assert seen["expected_differs"] == [] and seen["delivered_differs"] == [], seen
     assert {k: v for k, v in truth.items() if k != "deviations"} == {
-        "sent": 3 * talk + SEED, "confirmed": 3 * talk + SEED, "unconfirmed": 0, "skipped": 0,
+        "sent": sent, "confirmed": sent, "unconfirmed": 0, "skipped": skipped,
         "expected": seen["due"], "delivered": seen["due"], "in_flight": 0, "lost": 0, "unexpected": 0,
         "unverified": 0, "duplicated": 0, "out_of_order": 0, "missing_workers": 0, "missing_users": 0,
     }  # fmt: skip
-    assert seen["due"] == 3 * talk * n + SEED * 2
+    assert seen["due"] == (sent - SEED) * n + SEED * 2
 
     # Failures: only requests held past the timeout (by the stalls: messages and leaves; by a busy server: maybe
     # others), and the server answered every one of them.
@@ -154,11 +160,13 @@ def test_the_field_test_scaled_down_on_a_server_that_falls_behind(
         "vcard_occupant": n * (n - 1 + len(observers)),  # every other occupant's (observers too), batch 1 only
         "mam": 2 * n,  # batches 1 and 2
         "muc_join": 3 * n + 2, "muc_leave": 3 * n + 2,  # and the 2 seeders
-        "message": 3 * talk + SEED,
+        "message": sent,
     }  # fmt: skip
     assert {k: result.count(k) for k in expected_counts} == expected_counts
     # Stock Prosody has no room vCards: said once, as a difference from the plan, not as a failure.
-    assert set(truth["deviations"]) == {"no_room_vcard", "late_replies"}
+    planned = {"no_room_vcard", "late_replies"}
+    generator = {"messages_late", "generator_behind"}  # the generator's own delays, if the machine was busy
+    assert planned <= set(truth["deviations"]) <= planned | generator, truth["deviations"]
     assert truth["deviations"]["no_room_vcard"]["count"] == n
     assert result.output.count("Run differs from the plan: the room has no vCard") == 1
     assert result.count("message_delivery") == truth["delivered"]
@@ -228,7 +236,7 @@ def check_report(run: Run, lab, viewers: int, failures: bool = False) -> None:
 
     # Conclusions: numbers, or the reason they could not be drawn.
     texts = {key: text.split(". ", 1)[1] for key, text in page.conclusions.items()}  # less the bold title
-    assert set(texts) == {"vcards", "mam", "flooding", "memory", "failures"}
+    assert set(texts) == {"vcards", "mam", "flooding", "memory", "failures", "generator"}
     for key, text in texts.items():
         assert "cannot be drawn, as " in text or re.search(r"\d", text), (key, text)
     assert re.search(r"took \d+% of the server's CPU while viewers joined: .* used \d+\.\d\d CPU-seconds during "

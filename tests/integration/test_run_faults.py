@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,37 @@ def test_a_stalled_server_does_not_stop_the_talk(lab, tmp_path: Path) -> None:
     assert failed <= {"message", "ping", "stream", "vcard_occupant", "muc_leave"}, result.errors
     assert "message" in failed and "late_replies" in truth["deviations"], (result.errors, truth)
     assert truth["confirmed"] == truth["sent"] and truth["unconfirmed"] == 0, truth
+    assert truth["delivered"] == truth["expected"] and truth["lost"] == truth["unexpected"] == 0, truth
+
+
+def test_a_generator_that_falls_behind_says_so(lab, tmp_path: Path) -> None:
+    """The generator's own process is stopped for longer than a message interval while its viewers talk, with
+    the server well: the messages whose time passed are skipped as the generator's delay (they were once said
+    to be skipped because their viewers were not connected), the delay is said once with its phase, and the
+    truth stays exact."""
+    talk = 8
+    run, prefix = livechat(tmp_path, lab.websocket_url, "--talk-interval", "1", "--talk-duration", str(talk))
+    run.wait_for("Phase 'batch1-talk' starts")
+    time.sleep(3)
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        time.sleep(2.5)
+    finally:
+        os.kill(run.proc.pid, signal.SIGCONT)
+    code = run.finish()
+    result = Run(code, run.output, 0.0, prefix)
+    truth = result.truth
+    assert code == 0, result.tail()  # nothing the server did wrong
+    deviations = truth["deviations"]
+    assert set(deviations) - {"no_room_vcard"} == {"messages_late", "generator_behind"}, deviations
+    # Each viewer was stopped past at least one message's time (2.5 s against an interval of 1 s).
+    assert truth["skipped"] == deviations["messages_late"]["count"] >= VIEWERS, truth
+    assert "the generator ran behind, not the server" in deviations["messages_late"]["message"]
+    behind = re.search(r"first by (\d+\.\d) s in phase 'batch1-talk'", deviations["generator_behind"]["message"])
+    assert behind and 2.0 <= float(behind[1]) <= 3.0, deviations
+    assert run.output.count("Run differs from the plan: the load generator ran behind") == 1
+    assert truth["sent"] + truth["skipped"] == VIEWERS * talk + 10, truth
+    assert truth["confirmed"] == truth["sent"] == result.count("message"), truth
     assert truth["delivered"] == truth["expected"] and truth["lost"] == truth["unexpected"] == 0, truth
 
 

@@ -5,5 +5,6 @@
 - ``batches``: users in batches of new connections;
 - ``truth``: the message truth (who should receive what, what arrived, lost, unexpected, in flight);
 - ``deviations``: what differed from the plan, said once;
+- ``lag``: how far behind its own schedule the generator's event loop runs;
 - ``outcome``: truth and deviations summed over the workers, lost workers, the run's files and exit code.
 """

@@ -3,12 +3,13 @@ workers, lost workers noticed, results written, and an exit code that tells CI w
 went wrong.
 
 Workers add their message tally and deviations to every stats report (keys ``xmpp_truth`` and
-``xmpp_deviations``) and zero them, because Locust's worker reports are deltas; the master adds
-each report to its own. A local runner simply owns the totals. The process that owns the totals
-logs each deviation the first time it hears of it and, at the end of the run, logs the truth
-line and writes, with ``--csv PREFIX``, ``PREFIX_truth.json`` (counters, deviations, missing
-workers). A headless master fires ``test_stop`` before its workers have sent their final report
-(they send it when told to quit), so it reports when it quits, after collecting them.
+``xmpp_deviations``; with them, their open sessions, awaited requests and event loop delay) and zero
+them, because Locust's worker reports are deltas; the master adds each report to its own. A local
+runner simply owns the totals. The process that owns the totals logs each deviation the first time it
+hears of it and, at the end of the run, logs the truth line and writes, with ``--csv PREFIX``,
+``PREFIX_truth.json`` (counters, deviations, missing workers). A headless master fires ``test_stop``
+before its workers have sent their final report (they send it when told to quit), so it reports when
+it quits, after collecting them.
 
 Exit code (Locust's conventions): 0 when nothing went wrong; 1 when a request failed (Locust's
 own rule), a message was lost, or a worker went missing; 2 for bad settings or an unhandled
@@ -42,6 +43,7 @@ from locust.stats import PERCENTILES_TO_REPORT, StatsCSV, StatsCSVFileWriter
 
 from xmpp_user.run import phases
 from xmpp_user.run.deviations import DEVIATIONS, Deviations
+from xmpp_user.run.lag import lag
 from xmpp_user.run.truth import TALLY, Tally
 from xmpp_user.session import requests
 from xmpp_user.session.connection import ready_count
@@ -55,6 +57,8 @@ DEVIATIONS_KEY = "xmpp_deviations"
 CONNECTED_KEY = "xmpp_connected"
 """Key of the number of sessions a worker has open, in its reports."""
 BUSY_KEY = "xmpp_busy"
+LAG_KEY = "xmpp_lag"
+"""Key of the largest delay of a worker's event loop since its previous report, in seconds (``xmpp_user.run.lag``)."""
 """Key of the number of requests and logins a worker awaits, in its reports."""
 REPORT_NOW = "xmpp_report_now"
 """Custom message by which a master waiting for a phase to settle asks its workers for their report at once,
@@ -85,6 +89,8 @@ class _Run:
         self.worker_connected: dict[str, int] = {}
         """Sessions each worker had open at its last report, by client id."""
         self.worker_busy: dict[str, tuple[int, float]] = {}
+        self.worker_lag: dict[str, float] = {}
+        """The largest delay of each worker's event loop in the reports since ``generator_lag`` last read them."""
         """Requests and logins each worker awaited at its last report, and when that report came."""
         self.asked_since = 0.0
         """The moment since which the workers were last asked to report at once (``REPORT_NOW``)."""
@@ -125,6 +131,7 @@ def busy() -> int:
     """How many requests and logins this process awaits from the server now."""
     return sum(count() for count in awaiting)
 
+
 _installed: WeakKeyDictionary[Environment, _Run] = WeakKeyDictionary()
 _sender_ids = itertools.count(1)
 
@@ -142,6 +149,19 @@ def summary(environment: Environment) -> dict[str, Any]:
     return run.summary() if run is not None else {**TALLY.summary(), "deviations": DEVIATIONS.as_dict()}
 
 
+def generator_lag(environment: Environment) -> float:
+    """The largest delay of the generator's event loop (of any worker's, on a master) since the last call, in
+    seconds; on a master, as far as the workers have reported it."""
+    run = _installed.get(environment)
+    if isinstance(environment.runner, MasterRunner):
+        if run is None:
+            return 0.0
+        largest = max(run.worker_lag.values(), default=0.0)
+        run.worker_lag.clear()
+        return largest
+    return lag(environment).take_max()
+
+
 def install(environment: Environment, tally: Tally = TALLY, deviations: Deviations = DEVIATIONS) -> None:
     """Wire the process tally and deviations into the run; call from an ``init`` listener.
     Repeated calls do nothing."""
@@ -152,6 +172,8 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
     runner = environment.runner
     events = environment.events
 
+    if not isinstance(runner, MasterRunner):
+        lag(environment)  # this process runs users: watch its loop
     if isinstance(runner, WorkerRunner):
 
         def on_report_to_master(client_id: str, data: dict[str, Any], **_kw: Any) -> None:
@@ -160,6 +182,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             data[DEVIATIONS_KEY] = deviations.as_dict()
             data[CONNECTED_KEY] = ready_count()
             data[BUSY_KEY] = busy()
+            data[LAG_KEY] = lag(environment).take_max()
             tally.reset()
             deviations.reset()
 
@@ -184,6 +207,8 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             run.worker_connected[client_id] = int(data[CONNECTED_KEY])
         if BUSY_KEY in data:
             run.worker_busy[client_id] = (int(data[BUSY_KEY]), time.time())
+        if LAG_KEY in data:
+            run.worker_lag[client_id] = max(run.worker_lag.get(client_id, 0.0), float(data[LAG_KEY]))
 
     def on_test_start(**_kw: Any) -> None:
         tally.reset()
