@@ -269,7 +269,7 @@ def test_a_jitsi_run_gets_no_livechat_conclusions() -> None:
     run = Run(phases=spans(("batch1", 10.0, 100), ("batch2", 10.0, 200), ("hold", 30.0, 200), ("leave", 5.0, 0)))
     run.server = server_samples(run.phases, {"batch1": 5.0})
     found = conclusions(run)
-    assert [c.key for c in found] == ["memory", "batch_cpu", "failures"]
+    assert [c.key for c in found] == ["memory", "batch_cpu", "failures", "generator"]
     for c in found:
         assert not re.search(r"vCard|MAM|talk|viewer|batch\d-join", c.text), c.text
 
@@ -461,7 +461,7 @@ def jitsi_run(busy: list[float], rss_noise: list[float] | None = None) -> Run:
 
 def test_jitsi_cpu_per_batch_and_how_long_each_kept_the_server_busy() -> None:
     found = by_key(jitsi_run([1.0, 2.0, 3.0]))
-    assert [c.key for c in conclusions(jitsi_run([1.0]))] == ["memory", "batch_cpu", "failures"]
+    assert [c.key for c in conclusions(jitsi_run([1.0]))] == ["memory", "batch_cpu", "failures", "generator"]
     cpu = found["batch_cpu"]
     assert cpu.drawn
     assert cpu.text == (
@@ -520,7 +520,7 @@ def test_the_scenario_is_told_by_the_phase_names() -> None:
     assert kind("batch1", "batch2") == analysis.JITSI  # stopped during its batches
     assert kind("warmup", "batch1", "hold") == analysis.GENERIC
     assert kind("ramp", "steady") == kind() == analysis.GENERIC
-    assert [c.key for c in conclusions(Run(phases=spans(("ramp", 5.0, 1))))] == ["memory", "failures"]
+    assert [c.key for c in conclusions(Run(phases=spans(("ramp", 5.0, 1))))] == ["memory", "failures", "generator"]
 
 
 def test_cpu_windows_idle_level_and_busy_time() -> None:
@@ -680,3 +680,35 @@ def test_no_timeline() -> None:
     assert not any(c.drawn for c in found.values())
     assert found["failures"].text == "Where failures began cannot be drawn, as the run has no timeline samples."
     assert "the server was not observed" in found["memory"].text
+
+
+def test_the_generator_s_own_delay_phase_by_phase() -> None:
+    phases = spans(("batch1", 5.0, 10), ("batch2", 5.0, 20))
+    lags = [0.01, 0.02, 0.03, 0.05, 0.01, 0.02, 0.7, 1.2, 0.04, 0.01]
+    timeline = [Sample(T0 + i + 0.5, "batch1" if i < 5 else "batch2", 10, 10, lag=lag) for i, lag in enumerate(lags)]
+    run = Run(phases=phases, timeline=timeline)
+    assert [r.generator_lag for r in phase_rows(run)] == [0.05, 1.2]
+    found = by_key(run)["generator"]
+    assert found.drawn and found.values == {"largest": 1.2, "phases_behind": 1.0}
+    assert found.text == (
+        "The generator ran behind its schedule: its event loop was up to 1.2 s late, in batch2 (1.2 s). The "
+        "latencies measured there include up to that much of its own delay, not the server's; more workers, or "
+        "fewer users per worker, remove it."
+    )
+    for s in timeline:
+        s.lag = min(s.lag or 0.0, 0.05)
+    found = by_key(run)["generator"]
+    assert found.text == (
+        "The generator kept to its schedule: its event loop was never more than 0.05 s late, so no latency "
+        "measured includes more of its own delay than that."
+    )
+    for s in timeline:
+        s.lag = None  # files of an older run, or Prometheus
+    found = by_key(run)["generator"]
+    assert not found.drawn and found.text.startswith("The generator's own delay cannot be drawn, as the run recorded")
+
+
+def test_the_report_counts_the_generator_behind_where_the_run_said_so() -> None:
+    from xmpp_user.run.lag import LIMIT
+
+    assert analysis.GENERATOR_BEHIND == LIMIT

@@ -32,7 +32,7 @@ MIB = 2**20
 
 def write_run(prefix: Path, server: bool = True, phases: bool = True) -> None:
     """A one-batch livechat-like run of 12 s: 5 viewers join, talk, leave. The talk waited 1 s for the server to
-    go quiet; the leave gave up waiting after 2 s."""
+    go quiet; the leave gave up waiting after 2 s. The generator fell 0.8 s behind once, in the talk."""
     plan = [("batch1-join", 4, 5, 0.0, "quiet"), ("batch1-talk", 5, 5, 1.0, "quiet"),
             ("batch1-leave", 3, 0, 2.0, "2 replies outstanding")]  # fmt: skip
     log, t = [], T0
@@ -48,7 +48,8 @@ def write_run(prefix: Path, server: bool = True, phases: bool = True) -> None:
         users = min(5, i + 1) if i < 9 else 0
         phase = next((e["phase"] for e in log if e["start_unix"] <= T0 + i < e["end_unix"]), None)
         samples.append(Sample(T0 + i, phase, users, users, {"connect": min(5, i + 1), "message": max(0, i - 4) * 5},
-                              {"connect": 1 if i >= 2 else 0}, {"sent": max(0, i - 4) * 5, "lost": 0}))  # fmt: skip
+                              {"connect": 1 if i >= 2 else 0}, {"sent": max(0, i - 4) * 5, "lost": 0},
+                              lag=0.8 if i == 6 else 0.02))  # fmt: skip
     write_timeline(f"{prefix}_timeline.csv", samples)
     rows = []
     if server:
@@ -83,6 +84,7 @@ def test_files_round_trip(tmp_path: Path) -> None:
     assert [p.name for p in run.phases] == ["batch1-join", "batch1-talk", "batch1-leave"]
     assert len(run.timeline) == 13 and run.timeline[5].requests == {"connect": 5, "message": 5}
     assert run.timeline[5].failures == {"connect": 1, "message": 0} and run.timeline[5].truth == {"sent": 5, "lost": 0}
+    assert [s.lag for s in run.timeline[5:8]] == [0.02, 0.8, 0.02]
     assert len(run.server) == 61 and run.server[0].cpu_percent is None and run.server[1].cpu_percent == 60.0
     assert [s.phase for s in run.snapshots] == ["batch1-join", "batch1-talk", "batch1-leave", None]
     assert run.snapshots[1].requests["connect"] == NameStats(5, 1, {12.0: 4, 300.0: 1})
@@ -103,12 +105,14 @@ def test_the_report_of_a_one_batch_run(tmp_path: Path) -> None:
             assert image.format == "PNG" and image.size == (1100, 600 if "server" in chart.name else 550)
     page = report.html.read_text()
     assert page.count('<tr class="phase"') == 3
-    # phase, start, seconds, waited (why in its title), users, sessions, CPU, RSS, messages/s, failures, lost, in flight
+    # phase, start, seconds, waited (why in its title), users, sessions, CPU, RSS, messages/s, failures, lost,
+    # in flight, generator lag
     assert ('<tr class="phase" data-phase="batch1-talk"><td>batch1-talk</td><td>4.0</td><td>5.0</td>'
             '<td title="settled: quiet">1.0</td><td>5</td><td>0–5</td>') in page  # fmt: skip
-    assert page.count("<th>") + page.count("<th title=") == 15 + 4  # the phase table's 15 columns, the latency's 4
-    assert "<td>5.0</td><td>0</td><td>0</td><td>25</td></tr>" in page  # talk: messages/s, failures, lost, in flight
-    assert "<td>0.0</td><td>0</td><td>2</td><td>0</td></tr>" in page  # leave: the 2 judged lost, none in flight
+    assert page.count("<th>") + page.count("<th title=") == 16 + 4  # the phase table's 16 columns, the latency's 4
+    # talk: messages/s, failures, lost, in flight, generator lag
+    assert "<td>5.0</td><td>0</td><td>0</td><td>25</td><td>0.80</td></tr>" in page
+    assert "<td>0.0</td><td>0</td><td>2</td><td>0</td><td>0.02</td></tr>" in page  # leave: 2 lost, none in flight
     assert '<td class="gave-up" title="gave up: 2 replies outstanding">2.0*</td>' in page
     assert ('<p class="footnote">* batch1-leave stopped waiting for the server after 2.0 s, before it went quiet: '
             "2 replies outstanding.</p>") in page  # fmt: skip
@@ -123,13 +127,19 @@ def test_the_report_of_a_one_batch_run(tmp_path: Path) -> None:
     assert talk["latency"]["message"] == {"requests": 25, "failures": 0, "p50": 4.0, "p95": 9.0}
     assert data["phases"][0]["cpu_mean"] == pytest.approx(60.0) and data["phases"][0]["failures"] == 1
     texts = {c["key"]: c["text"] for c in data["conclusions"]}
-    assert list(texts) == ["vcards", "mam", "flooding", "memory", "failures"]
+    assert list(texts) == ["vcards", "mam", "flooding", "memory", "failures", "generator"]
     assert "the run had 1 batch only" in texts["vcards"]
     assert texts["flooding"].startswith(
         "While the viewers talked, Prosody (pid 42) spent 5,000 µs of CPU per delivered message in batch1-talk (5.0 "
         "messages/s sent, 20 deliveries/s over 5.0 s; CPU mean 10 %, peak 10 %, 0.50 CPU-seconds). "
     )
     assert texts["failures"].startswith("Requests began to fail 2 s into the run in phase batch1-join, with 3 users")
+    assert texts["generator"] == (
+        "The generator ran behind its schedule: its event loop was up to 0.8 s late, in batch1-talk (0.8 s). The "
+        "latencies measured there include up to that much of its own delay, not the server's; more workers, or "
+        "fewer users per worker, remove it."
+    )
+    assert (talk["generator_lag"], data["phases"][0]["generator_lag"]) == (0.8, 0.02)
     assert texts["memory"] == (
         "The memory of Prosody (pid 42) grows by 256.0 KiB per connected session: RSS = 20.0 MiB + 256.0 KiB × "
         "sessions, R² 1.00, fitted to 9 samples from 1 to 5 sessions on the way to the first peak."
@@ -166,7 +176,8 @@ def test_the_report_of_a_run_without_phases(tmp_path: Path) -> None:
     write_run(tmp_path / "run", phases=False)
     report = report_files(tmp_path / "run")
     assert report.rows == [] and len(report.charts) == 2
-    assert [c.key for c in report.conclusions] == ["memory", "failures"]  # no phases: no scenario's conclusions
+    # No phases: no scenario's conclusions.
+    assert [c.key for c in report.conclusions] == ["memory", "failures", "generator"]
 
 
 def test_a_run_without_files_is_one_line(tmp_path: Path) -> None:

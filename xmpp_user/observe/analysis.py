@@ -18,7 +18,8 @@ names tell (``scenario``):
 - every run: the server's memory per connected session (per participant in the Jitsi test): a straight
   line fitted to RSS against the sessions open, with its R², and whether the server was fresh (memory an
   earlier workload freed is reused before RSS grows, which makes the figure low); the load at which
-  requests began to fail.
+  requests began to fail; whether the generator kept to its own schedule (its event loop's delay, phase by
+  phase: what of the latencies measured may be its own).
 
 Each conclusion is a sentence with its numbers, or, when it cannot be drawn from the run, a sentence
 saying why. Its key and its ``values`` are stable, for scripts and benchmarks to read.
@@ -63,6 +64,9 @@ WAIT_NOTED = 1.0
 phase ends up to a second after the run went quiet."""
 RSS_FALL = 0.05
 """A fall of the server's RSS by more than this share of its peak within a phase: a garbage collection."""
+GENERATOR_BEHIND = 0.5
+"""Seconds of delay of the generator's event loop from which it counts as behind its schedule: the limit at which
+the run said so (``xmpp_user.run.lag.LIMIT``, which this module, free of Locust, does not import)."""
 MESSAGE = "message"
 """The request name of a groupchat message sent (and confirmed by its reflection)."""
 VCARD_REQUESTS = ("vcard", "vcard_occupant")
@@ -221,6 +225,8 @@ class PhaseRow:
     """Seconds the phase went on after its planned duration, waiting for the server to go quiet."""
     settled: str | None = None
     """'quiet', or what was still going on when the phase gave up waiting."""
+    generator_lag: float | None = None
+    """The largest delay of the generator's event loop in the samples of the phase, in seconds."""
     latency: dict[str, Latency] = field(default_factory=dict)
 
     @property
@@ -282,6 +288,9 @@ def phase_rows(run: Run) -> list[PhaseRow]:
             row.cpu_seconds = cpu_seconds(run.server, phase.start, stop)
         if rss:
             row.rss_mean, row.rss_max = _mean(rss), max(rss)
+        lags = [s.lag for s in run.timeline if phase.start < s.t <= stop and s.lag is not None]
+        if lags:
+            row.generator_lag = max(lags)
         if begin is not None and end is not None:
             _fill_requests(row, begin, end)
         rows.append(row)
@@ -344,14 +353,16 @@ def conclusions(run: Run, rows: list[PhaseRow] | None = None) -> list[Conclusion
                                VCARD_REQUESTS, 1, 2)  # fmt: skip
         mam = feature_share(run, rows, "mam", "MAM CPU share", "Reading the room archive (MAM) on joining",
                             MAM_REQUESTS, 2, 3, of_batch=1)  # fmt: skip
-        return [vcards, mam, flooding(run, rows), memory_per_session(run), failures_began(run)]
+        return [vcards, mam, flooding(run, rows), memory_per_session(run), failures_began(run),
+                generator_delay(run, rows)]  # fmt: skip
     if kind == JITSI:
         return [
             memory_per_session(run, per="participant"),
             batch_cpu(run, rows),
             failures_began(run, users="participants"),
+            generator_delay(run, rows),
         ]
-    return [memory_per_session(run), failures_began(run)]
+    return [memory_per_session(run), failures_began(run), generator_delay(run, rows)]
 
 
 def feature_share(
@@ -740,4 +751,27 @@ def failures_began(run: Run, users: str = "users") -> Conclusion:
     values = {"users": float(most), "lost": float(lost), "in_flight": float(in_flight)}
     if sessions is not None:
         values["sessions"] = float(sessions)
+    return Conclusion(key, title, text, True, values)
+
+
+def generator_delay(run: Run, rows: list[PhaseRow]) -> Conclusion:
+    """Whether the generator kept to its own schedule: the largest delay of its event loop, and the phases in which
+    it passed ``GENERATOR_BEHIND``, whose latencies then include the generator's own delay."""
+    key, title = "generator", "The generator's own delay"
+    lags = [s.lag for s in run.timeline if s.lag is not None]
+    if not lags:
+        text = ("The generator's own delay cannot be drawn, as the run recorded none (files of a run made before "
+                "it was measured, or Prometheus, which does not carry it).")  # fmt: skip
+        return Conclusion(key, title, text, False)
+    largest = max(lags)
+    behind = [r for r in rows if r.generator_lag is not None and r.generator_lag > GENERATOR_BEHIND]
+    values = {"largest": largest, "phases_behind": float(len(behind))}
+    if largest <= GENERATOR_BEHIND:
+        text = (f"The generator kept to its schedule: its event loop was never more than {largest:.2f} s late, so "
+                "no latency measured includes more of its own delay than that.")  # fmt: skip
+        return Conclusion(key, title, text, True, values)
+    where = ", ".join(f"{r.name} ({r.generator_lag:.1f} s)" for r in behind) or "between phases"
+    text = (f"The generator ran behind its schedule: its event loop was up to {largest:.1f} s late, in {where}. "
+            "The latencies measured there include up to that much of its own delay, not the server's; more "
+            "workers, or fewer users per worker, remove it.")  # fmt: skip
     return Conclusion(key, title, text, True, values)

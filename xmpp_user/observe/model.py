@@ -25,7 +25,8 @@ TRUTH_KEYS = (
 """The message truth counters a timeline sample and a snapshot carry (``outcome.summary`` less deviations)."""
 REQUESTS_COLUMN = "requests."
 FAILURES_COLUMN = "failures."
-TIMELINE_COLUMNS = ("t_unix", "phase", "users", "sessions", *TRUTH_KEYS)
+LAG_COLUMN = "generator_lag_s"
+TIMELINE_COLUMNS = ("t_unix", "phase", "users", "sessions", LAG_COLUMN, *TRUTH_KEYS)
 """Fixed columns of ``PREFIX_timeline.csv``; then ``requests.NAME`` and ``failures.NAME`` per request name."""
 SERVER_COLUMNS = ("t_unix", "cpu_seconds", "cpu_percent", "rss_bytes")
 PHASE_STATS_VERSION = 1
@@ -64,6 +65,9 @@ class Sample:
     """Requests ended (successes and failures) by request name."""
     failures: dict[str, int] = field(default_factory=dict)
     truth: dict[str, int] = field(default_factory=dict)
+    lag: float | None = None
+    """The largest delay of the generator's event loop since the previous sample, in seconds (on a master, as far
+    as its workers had reported it; ``xmpp_user.run.lag``); None where the source does not carry it."""
 
 
 @dataclass
@@ -203,6 +207,7 @@ def _read_timeline(path: Path) -> list[Sample]:
                     requests=_prefixed(row, REQUESTS_COLUMN),
                     failures=_prefixed(row, FAILURES_COLUMN),
                     truth={k: int(row[k]) for k in TRUTH_KEYS if row.get(k)},
+                    lag=_float_or_none(row.get(LAG_COLUMN)),
                 )
             )
     return samples
@@ -262,6 +267,7 @@ def write_timeline(path: str | Path, samples: list[Sample]) -> None:
         writer.writerow([*TIMELINE_COLUMNS, *columns])
         for s in samples:
             fixed = [f"{s.t:.3f}", s.phase or "", s.users, "" if s.sessions is None else s.sessions]
+            fixed.append("" if s.lag is None else f"{s.lag:.3f}")
             fixed += [s.truth.get(k, "") for k in TRUTH_KEYS]
             writer.writerow([*fixed, *(s.requests.get(n, 0) for n in names), *(s.failures.get(n, 0) for n in names)])
 

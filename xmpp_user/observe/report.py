@@ -274,7 +274,9 @@ def render_html(
         "<th>users</th><th>sessions</th><th>CPU % mean</th><th>CPU % max</th><th>CPU s</th><th>RSS MiB mean</th>"
         "<th>RSS MiB max</th><th>messages/s</th><th>failures</th>"
         '<th title="deliveries judged lost during the phase">lost</th>'
-        '<th title="deliveries due and not delivered yet at the phase\'s end, not judged yet">in flight</th></tr>'
+        '<th title="deliveries due and not delivered yet at the phase\'s end, not judged yet">in flight</th>'
+        '<th title="the largest delay of the generator\'s own event loop: latencies include up to this much of it">'
+        "generator lag s</th></tr>"
     )
     gave_up = []
     for r in rows:
@@ -282,6 +284,7 @@ def render_html(
             _num(r.start - origin, 1), _num(r.seconds, 1), _waited(r, gave_up), str(r.users), _sessions(r),
             _num(r.cpu_mean), _num(r.cpu_max), _num(r.cpu_seconds, 2), _num(r.rss_mean, 1, MIB),
             _num(r.rss_max, 1, MIB), _num(r.message_rate, 1), _num(r.failures), _num(r.lost), _num(r.in_flight),
+            _num(r.generator_lag, 2),
         ]  # fmt: skip
         name = e(r.name) + (" (skipped)" if r.skipped else "")
         row = "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells)

@@ -247,6 +247,7 @@ class Recorder:
             requests=requests,
             failures=failures,
             truth=self._truth(),
+            lag=outcome.generator_lag(env),
         )
 
     def snapshot(self, phase: str | None) -> Snapshot:
