@@ -35,7 +35,7 @@ KIND = "generator_behind"
 
 
 class Lag:
-    """The delays of one process's event loop, measured by ``watch``."""
+    """The delays of one process's event loop, as ``lag`` has them measured."""
 
     def __init__(self) -> None:
         self.largest = 0.0

@@ -57,9 +57,9 @@ DEVIATIONS_KEY = "xmpp_deviations"
 CONNECTED_KEY = "xmpp_connected"
 """Key of the number of sessions a worker has open, in its reports."""
 BUSY_KEY = "xmpp_busy"
+"""Key of the number of requests and logins a worker awaits, in its reports."""
 LAG_KEY = "xmpp_lag"
 """Key of the largest delay of a worker's event loop since its previous report, in seconds (``xmpp_user.run.lag``)."""
-"""Key of the number of requests and logins a worker awaits, in its reports."""
 REPORT_NOW = "xmpp_report_now"
 """Custom message by which a master waiting for a phase to settle asks its workers for their report at once,
 rather than in up to Locust's report interval (3 s)."""
@@ -89,9 +89,9 @@ class _Run:
         self.worker_connected: dict[str, int] = {}
         """Sessions each worker had open at its last report, by client id."""
         self.worker_busy: dict[str, tuple[int, float]] = {}
+        """Requests and logins each worker awaited at its last report, and when that report came."""
         self.worker_lag: dict[str, float] = {}
         """The largest delay of each worker's event loop in the reports since ``generator_lag`` last read them."""
-        """Requests and logins each worker awaited at its last report, and when that report came."""
         self.asked_since = 0.0
         """The moment since which the workers were last asked to report at once (``REPORT_NOW``)."""
         self.reported: dict[str, Any] | None = None
