@@ -23,7 +23,7 @@ except OSError:
     print(f"\nNo report: {prefix}_report.json was not written (see the log above)")
     sys.exit(0)
 print(f"\n{'phase':14} {'seconds':>8} {'waited':>7} {'users':>6} {'connected':>10} {'CPU % mean/max':>15} "
-      f"{'RSS MiB':>8} {'msg/s':>6} {'failures':>8}")
+      f"{'RSS MiB':>8} {'msg/s':>6} {'failures':>8} {'lag s':>6}")
 gave_up = []
 for r in report["phases"]:
     # waited: seconds the phase went on after its plan, waiting for the server to go quiet; * gave up first
@@ -35,8 +35,10 @@ for r in report["phases"]:
     cpu = f"{r['cpu_mean']:.0f}/{r['cpu_max']:.0f}" if r["cpu_mean"] is not None else ""
     rss = f"{r['rss_max'] / 2**20:.1f}" if r["rss_max"] is not None else ""
     rate = f"{r['message_rate']:.1f}" if r["message_rate"] is not None else ""
+    # lag: the largest delay of the generator's own event loop (latencies include up to this much of it)
+    lag = f"{r['generator_lag']:.2f}" if r.get("generator_lag") is not None else ""
     print(f"{r['name']:14} {r['seconds']:8.1f} {waited:>7} {r['users']:>6} {connected:>10} {cpu:>15} {rss:>8} "
-          f"{rate:>6} {r['failures'] if r['failures'] is not None else '':>8}")
+          f"{rate:>6} {r['failures'] if r['failures'] is not None else '':>8} {lag:>6}")
 for line in gave_up:
     print(line)
 print("\nConclusions:")
