@@ -231,6 +231,18 @@ def requests_row() -> list[Panel]:
                 width=8,
             )
         )
+    panels.append(
+        timeseries_panel(
+            "Generator event loop lag",
+            "The largest delay of the generator's own event loop over about the last 3 s (any worker's): the "
+            "latencies above include up to this much of it. Over 0.5 s the run says the generator fell behind "
+            "(deviation generator_behind): add workers, or give each fewer users.",
+            [Query(f"max({n.EVENT_LOOP_LAG})", "largest delay")],
+            unit="s",
+            width=24,
+            height=6,
+        )
+    )
     return panels
 
 

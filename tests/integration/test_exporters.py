@@ -424,6 +424,9 @@ def test_a_distributed_run_through_prometheus(lab: Lab, tmp_path: Path) -> None:
         assert list(query(prom, f"max_over_time({names.DELIVERIES}[5m])").values())[0] > 0
         duration = query(prom, f'max_over_time({names.REQUEST_DURATION}_count{{name="connect"}}[5m])')
         assert list(duration.values()) == [run.count("connect")]
+        # The workers' event loop delays, through the master (a worker's loop is never exactly on time).
+        lag = query(prom, f"max_over_time({names.EVENT_LOOP_LAG}[5m])")
+        assert 0 < list(lag.values())[0] < 60, lag
 
         cpu = query(prom, f"increase({names.SERVER_CPU}[5m])")
         assert list(cpu.values())[0] > 0

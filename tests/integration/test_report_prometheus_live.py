@@ -71,6 +71,8 @@ class ClockExporter:
         yield GaugeMetricFamily(names.DELIVERIES_LOST, "lost", value=0)
         yield CounterMetricFamily(names.SERVER_CPU.removesuffix("_total"), "cpu", value=e / 2)
         yield GaugeMetricFamily(names.SERVER_RSS, "rss", value=10 * MIB + users * 64 * 1024)
+        # The generator fell 0.8 s behind for two seconds in the middle of the steady phase.
+        yield GaugeMetricFamily(names.EVENT_LOOP_LAG, "lag", value=0.8 if 7.5 <= e < 9.5 else 0.01)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +165,7 @@ def test_the_report_reads_a_run_back_from_prometheus(prometheus: tuple[str, floa
     assert ramp.failures + steady.failures == 1
     assert (ramp.in_flight, steady.in_flight, steady.lost) == (4, 4, 0)
     assert steady.cpu_mean == pytest.approx(50, abs=8)
+    assert (ramp.generator_lag, steady.generator_lag) == (0.01, 0.8)
 
     report = write_report(run, tmp_path / "prom")
     assert len(report.charts) == 2

@@ -179,6 +179,7 @@ SERIES: dict[str, list[tuple[dict[str, str], str]]] = {
     n.PHASE: [({"phase": "seed"}, "1x20"), ({"phase": "talk"}, "0x20")],
     n.WORKERS: [({"state": "running"}, "2x20"), ({"state": "missing"}, "0x20")],
     n.DEVIATIONS: [({"kind": "no_room_vcard"}, "1x20")],
+    n.EVENT_LOOP_LAG: [({}, "0.02x20")],
     n.REQUESTS: [({"name": "muc_join"}, "0+10x20"), ({"name": "message_delivery"}, "0+50x20")],
     n.REQUEST_FAILURES: [({"name": "muc_join"}, "0+1x20"), ({"name": "stream"}, "0+1x20")],
     n.MESSAGES_SENT: [({}, "0+10x20")],
@@ -211,6 +212,7 @@ VALUES = [
     (n.SERVER_RSS, {"__name__": n.SERVER_RSS, **SERVER}, 52428800),
     (f"max by (phase) ({n.PHASE}) == 1", {"phase": "seed"}, 1),
     (f"sum({n.DELIVERIES_IN_FLIGHT})", {}, 120),
+    (f"max({n.EVENT_LOOP_LAG})", {}, 0.02),
 ]
 """Expressions of the dashboard whose values the series above fix: (expression, labels, value)."""
 

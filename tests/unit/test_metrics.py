@@ -192,11 +192,26 @@ def test_a_master_counts_users_and_workers_by_state() -> None:
         node = WorkerNode(client_id, state=state)
         node.user_classes_count = {"_Quiet": users}
         runner.clients[client_id] = node
+    run = outcome._Run(Tally(), Deviations())
+    run.worker_recent_lag = {"a": 0.2, "b": 0.9, "c": 5.0}
+    outcome._installed[env] = run
     found = samples(scrape(env))
     assert value(found, names.USERS) == 12  # what Locust's own master shows
+    assert value(found, names.EVENT_LOOP_LAG) == 0.9  # the live workers' last reports (c is missing)
     workers = {dict(k[1])["state"]: v for k, v in found.items() if k[0] == names.WORKERS}
     assert workers["running"] == 2 and workers["missing"] == 1 and workers["ready"] == 0
     assert set(workers) >= {"ready", "spawning", "running", "cleanup", "stopping", "stopped", "missing"}
+
+
+def test_a_local_runner_shows_its_own_event_loop_lag(env: Environment) -> None:
+    from xmpp_user.run.lag import RECENT, TICK, lag
+
+    watched = lag(env)
+    watched.measured(0.7, True, Deviations())
+    assert value(samples(scrape(env)), names.EVENT_LOOP_LAG) == 0.7
+    for _ in range(round(RECENT / TICK)):  # the last RECENT seconds of ticks were on time
+        watched.measured(0.0, True, Deviations())
+    assert value(samples(scrape(env)), names.EVENT_LOOP_LAG) == 0.0
 
 
 def test_a_local_runner_has_no_worker_series(env: Environment) -> None:

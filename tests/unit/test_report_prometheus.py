@@ -71,6 +71,7 @@ BUCKETS = f"sum by (name, le) ({names.REQUEST_DURATION}_bucket)"
 CPU = f"sum by (instance) (irate({names.SERVER_CPU}[60s])) * 100"
 RSS = f"sum by (instance) ({names.SERVER_RSS})"
 CPU_USED = f"sum by (instance) ({names.SERVER_CPU})"
+LAG = f"max(max_over_time({names.EVENT_LOOP_LAG}[2s]))"
 
 
 def recorded(server: bool = True) -> Recorded:
@@ -80,6 +81,8 @@ def recorded(server: bool = True) -> Recorded:
         # A generator that had run before: counters start above zero.
         REQUESTS: matrix(({"name": "connect"}, [7, 8, 9, 9, 9, 9]), ({"name": "message"}, [50, 50, 50, 50, 55, 60])),
         FAILURES: matrix(({"name": "connect"}, [1, 1, 1, 2, 2, 2])),
+        # The generator fell 0.8 s behind in the talk (a point missing: no scrape in that step).
+        LAG: matrix(({}, [0.01, 0.02, 0.01, 0.02, 0.8])),
         TRUTH: matrix(
             ({"__name__": names.MESSAGES_SENT}, [50, 50, 50, 50, 55, 60]),
             ({"__name__": names.DELIVERIES_IN_FLIGHT}, [0, 0, 0, 0, 9, 2]),
@@ -152,6 +155,12 @@ def test_build_run_fills_the_model() -> None:
     assert (talk.messages, talk.failures, talk.lost, talk.in_flight, talk.message_rate) == (10, 0, 1, 2, 5.0)
     assert (talk.latency["message"].p50, talk.latency["message"].p95) == (5.0, 100.0)
     assert talk.cpu_mean == pytest.approx(20.0) and join.cpu_max == 60.0
+    # Each point is the largest delay of the step before it: the one at the talk's start is the join's.
+    assert [s.lag for s in run.timeline] == [0.01, 0.02, 0.01, 0.02, 0.8, None]
+    assert (join.generator_lag, talk.generator_lag) == (0.02, 0.8)
+    generator = next(c for c in conclusions(run) if c.key == "generator")
+    assert generator.text.startswith("The generator ran behind its schedule: its event loop was up to 0.8 s late, "
+                                     "in talk (0.8 s).")  # fmt: skip
     memory = next(c for c in conclusions(run) if c.key == "memory")
     assert " The server (prosody-0:9100) was not fresh: it had used 300.0 CPU-seconds before the run" in memory.text
     ranges = [p for path, p in fetch.asked if path == "/api/v1/query_range"]

@@ -761,7 +761,7 @@ def generator_delay(run: Run, rows: list[PhaseRow]) -> Conclusion:
     lags = [s.lag for s in run.timeline if s.lag is not None]
     if not lags:
         text = ("The generator's own delay cannot be drawn, as the run recorded none (files of a run made before "
-                "it was measured, or Prometheus, which does not carry it).")  # fmt: skip
+                "it was measured, or an exporter that did not publish it).")  # fmt: skip
         return Conclusion(key, title, text, False)
     largest = max(lags)
     behind = [r for r in rows if r.generator_lag is not None and r.generator_lag > GENERATOR_BEHIND]

@@ -9,7 +9,8 @@ sources already hold every worker's data:
 - users are ``runner.user_count`` (on a master, the sum of the counts the workers report);
 - sessions are ``phases.connected_sessions()`` (on a master, the sum of the workers' last reports);
 - message truth and deviations are ``outcome.summary(environment)``, summed from the workers' deltas;
-- the phase comes from the load shape, which runs on the master.
+- the phase comes from the load shape, which runs on the master;
+- the event loop's lag is ``outcome.recent_lag(environment)`` (on a master, from the workers' last reports).
 
 Workers report to the master every three seconds, so a master's numbers move in steps of that size.
 ``start`` serves the collector with prometheus-client's own HTTP server, in a thread that gevent's
@@ -59,7 +60,8 @@ TRUTH_COUNTERS = {
     "sent": (names.MESSAGES_SENT, "Messages that left, with a truth marker."),
     "confirmed": (names.MESSAGES_CONFIRMED, "Messages the room reflected to their sender."),
     "unconfirmed": (names.MESSAGES_UNCONFIRMED, "Messages never reflected (error, no reply in time, session ended)."),
-    "skipped": (names.MESSAGES_SKIPPED, "Messages planned and not sent: their user was not connected."),
+    "skipped": (names.MESSAGES_SKIPPED, "Messages planned and not sent: their user was not connected, or the "
+                                        "generator reached them an interval late."),
     "expected": (names.DELIVERIES_EXPECTED, "Deliveries due to our receivers."),
     "delivered": (names.DELIVERIES, "First live deliveries to our receivers."),
     "duplicated": (names.DELIVERIES_DUPLICATED, "Second and later deliveries of a message to a receiver."),
@@ -94,6 +96,9 @@ class GeneratorCollector(Collector):
                                 value=runner.user_count)  # fmt: skip
         sessions = phases.connected_sessions() if phases.connected_sessions is not None else ready_count()
         yield GaugeMetricFamily(names.SESSIONS, "XMPP sessions really open.", value=sessions or 0)
+        yield GaugeMetricFamily(names.EVENT_LOOP_LAG, "Largest delay of the generator's event loop over about the "
+                                "last 3 s (any live worker's): latencies measured then include up to that much.",
+                                value=outcome.recent_lag(self.environment))  # fmt: skip
         yield from self._requests()
         yield from self._truth()
         yield from self._phase()

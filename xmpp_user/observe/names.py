@@ -50,6 +50,10 @@ WORKERS = f"{GENERATOR}_workers"
 """Gauge, label ``state``: workers connected to the master, by Locust state (ready, running, missing...)."""
 DEVIATIONS = f"{GENERATOR}_deviations_total"
 """Counter, label ``kind``: how often the run differed from its plan, by kind."""
+EVENT_LOOP_LAG = f"{GENERATOR}_event_loop_lag_seconds"
+"""Gauge: the largest delay of the generator's event loop over about the last 3 s (on a master, of any live
+worker, in its last report): what of the latencies measured then may be the generator's own
+(``xmpp_user.run.lag``)."""
 
 SERVER = "xmpp_server"
 """Prefix of the server process's families (prometheus-client's process collector, namespace ``xmpp_server``):

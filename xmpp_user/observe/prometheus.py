@@ -7,7 +7,8 @@ model filled here is the one the run's own files fill (``xmpp_user.observe.model
 drawn the same way:
 
 - the timeline: ``query_range`` of the users, sessions, requests and failures by name, and the message
-  truth counters, at ``step`` seconds;
+  truth counters, at ``step`` seconds; and the largest of the generator's event loop lag over each step
+  (none from an exporter older than that gauge: the report then says it cannot tell);
 - the server: ``irate`` of its CPU seconds (so the CPU % between its last two scrapes), its RSS, and the
   CPU seconds themselves (what the process had used before the run shows in the first point);
 - the per-phase snapshots: instant queries at each phase's start and at the run's end of the counts
@@ -61,6 +62,10 @@ MAX_POINTS = 10_000
 """Points per series at most (Prometheus refuses more than 11,000): a long run gets a coarser step."""
 IRATE_WINDOW = 60
 """Seconds of the CPU ``irate`` window: it must hold two scrapes of the server's exporter."""
+LAG_WINDOW = 2
+"""Seconds over which each point of the generator's lag takes the largest value scraped: two scrapes at the 1 s
+interval of dashboards/prometheus.yml, so that a scrape's jitter loses no point (each value already covers the
+generator's last 3 s)."""
 TIMEOUT = 30.0
 
 
@@ -232,6 +237,8 @@ def _timeline(q: Queries, phases: list[PhaseSpan]) -> list[Sample]:
     truth_series = _by_label(q.range(f"sum by (__name__) ({_truth_selector()})"), "__name__")
     truth = {_FAMILY_KEYS[f]: v for f, v in truth_series.items() if f in _FAMILY_KEYS}
     truth.update(_relative({k: v for k, v in truth.items() if TRUTH_FAMILIES[k].endswith("_total")}))
+    window = max(LAG_WINDOW, math.ceil(q.step))
+    lag = _by_time(q.range(f"max(max_over_time({names.EVENT_LOOP_LAG}[{window}s]))"))
     samples = []
     for t in sorted(users):
         samples.append(
@@ -243,6 +250,7 @@ def _timeline(q: Queries, phases: list[PhaseSpan]) -> list[Sample]:
                 requests={n: round(v[t]) for n, v in requests.items() if t in v},
                 failures={n: round(v[t]) for n, v in failures.items() if t in v},
                 truth={k: round(v[t]) for k, v in truth.items() if t in v},
+                lag=lag.get(t),
             )
         )
     return samples

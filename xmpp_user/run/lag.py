@@ -9,7 +9,9 @@ run, and measures by how much it wakes late:
 - a delay over ``LIMIT`` is a deviation, ``generator_behind``: said once, with the first such delay and
   its phase, and counted at every tick that shows one;
 - the largest delay since it was last taken (``take_max``) goes into each worker report and each timeline
-  sample, so the report shows it phase by phase.
+  sample, so the report shows it phase by phase;
+- the largest over the last ``RECENT`` seconds (``recent``) is what the generator's Prometheus exporter
+  shows now.
 
 ``LIMIT`` is half a second: a shorter pause (a garbage collection, a busy neighbour on a shared host) is
 common and within what a run's latencies can carry; half a second is not.
@@ -18,6 +20,7 @@ common and within what a run's latencies can carry; half a second is not.
 from __future__ import annotations
 
 import time
+from collections import deque
 from weakref import WeakKeyDictionary
 
 import gevent
@@ -31,6 +34,8 @@ TICK = 0.1
 """Seconds the watching greenlet sleeps between two measures."""
 LIMIT = 0.5
 """Seconds of delay from which the generator counts as behind its schedule."""
+RECENT = 3.0
+"""Seconds over which ``recent`` takes the largest delay: Locust's worker report interval."""
 KIND = "generator_behind"
 
 
@@ -40,14 +45,21 @@ class Lag:
     def __init__(self) -> None:
         self.largest = 0.0
         """The largest delay since ``take_max`` last read it, in seconds."""
+        self._recent: deque[float] = deque(maxlen=round(RECENT / TICK))
+        """The delays of the last ``RECENT`` seconds of ticks (0 for those without users running)."""
 
     def take_max(self) -> float:
         """The largest delay since the last call, then forgotten."""
         largest, self.largest = self.largest, 0.0
         return largest
 
+    def recent(self) -> float:
+        """The largest delay over the last ``RECENT`` seconds."""
+        return max(self._recent, default=0.0)
+
     def measured(self, delay: float, running: bool, deviations: Deviations = DEVIATIONS) -> None:
         """One measure: the loop woke ``delay`` seconds late; ``running``: users were running."""
+        self._recent.append(delay if running else 0.0)
         if not running:
             return
         self.largest = max(self.largest, delay)

@@ -92,6 +92,8 @@ class _Run:
         """Requests and logins each worker awaited at its last report, and when that report came."""
         self.worker_lag: dict[str, float] = {}
         """The largest delay of each worker's event loop in the reports since ``generator_lag`` last read them."""
+        self.worker_recent_lag: dict[str, float] = {}
+        """The largest delay of each worker's event loop in its last report (about its last 3 s)."""
         self.asked_since = 0.0
         """The moment since which the workers were last asked to report at once (``REPORT_NOW``)."""
         self.reported: dict[str, Any] | None = None
@@ -162,6 +164,19 @@ def generator_lag(environment: Environment) -> float:
     return lag(environment).take_max()
 
 
+def recent_lag(environment: Environment) -> float:
+    """The largest delay of the generator's event loop over about the last 3 s: on a master, of any live worker
+    in its last report."""
+    runner = environment.runner
+    if isinstance(runner, MasterRunner):
+        run = _installed.get(environment)
+        if run is None:
+            return 0.0
+        live = {c.id for c in runner.clients.values() if c.state != STATE_MISSING}
+        return max((v for client_id, v in run.worker_recent_lag.items() if client_id in live), default=0.0)
+    return lag(environment).recent()
+
+
 def install(environment: Environment, tally: Tally = TALLY, deviations: Deviations = DEVIATIONS) -> None:
     """Wire the process tally and deviations into the run; call from an ``init`` listener.
     Repeated calls do nothing."""
@@ -209,6 +224,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
             run.worker_busy[client_id] = (int(data[BUSY_KEY]), time.time())
         if LAG_KEY in data:
             run.worker_lag[client_id] = max(run.worker_lag.get(client_id, 0.0), float(data[LAG_KEY]))
+            run.worker_recent_lag[client_id] = float(data[LAG_KEY])
 
     def on_test_start(**_kw: Any) -> None:
         tally.reset()
