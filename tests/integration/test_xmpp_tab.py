@@ -88,6 +88,8 @@ def test_the_xmpp_tab_shows_phase_truth_server_and_report(lab: Lab, tmp_path: Pa
                                      "a phase of the plan and the server's CPU")  # fmt: skip
                 page.screenshot(path=str(tmp_path / "running.png"), full_page=True)
                 assert running["run/state"] in ("spawning", "running"), running
+                assert re.fullmatch(r"\d+\.\d\d s \(its event loop's largest delay, last 3 s\)",
+                                    running["run/generator lag"]), running  # fmt: skip
                 assert running["phase/planned users"].isdigit(), running
                 assert "server/server" not in running, running  # not "not observed"
                 assert running["server/process"] == f"{lab.name} (pid {lab.pid})", running

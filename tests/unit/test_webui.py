@@ -76,6 +76,7 @@ def test_status_and_rows_before_a_run(web: tuple[Environment, Any]) -> None:
     assert rows["phase/phase"] == "no phases"
     assert rows["truth/lost"] == state["truth"]["lost"]
     assert rows["report/report"] == "after the run"
+    assert state["generator_lag"] == 0.0 and rows["run/generator lag"].startswith("0.00 s")
     # Locust hands out the same cached reply again: the tab's rows are replaced, not added twice.
     assert _xmpp_rows(client) == rows
     # Locust sorts by "name" with a stable sort: all rows share it, so sections stay in reading order.
@@ -83,6 +84,15 @@ def test_status_and_rows_before_a_run(web: tuple[Environment, Any]) -> None:
     assert len({row["name"] for row in data}) == 1
     sections = [row["section"] for row in data]
     assert sections == sorted(sections, key=["run", "phase", "server", "truth", "deviations", "report"].index)
+
+
+def test_the_generator_s_lag_is_shown(web: tuple[Environment, Any]) -> None:
+    from xmpp_user.run.lag import lag
+
+    environment, client = web
+    lag(environment).measured(0.72, True, Deviations())
+    assert json.loads(client.get(webui.ROUTE).data)["generator_lag"] == 0.72
+    assert _xmpp_rows(client)["run/generator lag"] == "0.72 s (its event loop's largest delay, last 3 s)"
 
 
 def test_the_server_sampler_hook_shows_cpu_and_memory(web: tuple[Environment, Any],

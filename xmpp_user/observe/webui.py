@@ -1,7 +1,8 @@
 """The XMPP tab of Locust's web UI: what the run is doing in XMPP terms, beside Locust's own tabs.
 
 It shows the phase in force with its planned users, the Locust users running and the sessions really open,
-the message truth counters, what differed from the plan, the server's CPU and memory when the run observes
+the generator's own event loop lag (``xmpp_user.run.lag``: how much of the latencies may be its own), the
+message truth counters, what differed from the plan, the server's CPU and memory when the run observes
 the server, and, once the run has written it, where its report is.
 
 Locust's own extension points carry it; its frontend is not forked. The web UI's template arguments
@@ -87,7 +88,8 @@ def _server() -> dict[str, Any] | None:
 
 
 def status(environment: Environment) -> dict[str, Any]:
-    """What the tab shows, as JSON: run state, phase, users and sessions, truth, deviations, server, report."""
+    """What the tab shows, as JSON: run state, generator lag, phase, users and sessions, truth, deviations, server,
+    report."""
     runner = environment.runner
     totals = outcome.summary(environment)
     deviations = totals.pop("deviations")
@@ -95,6 +97,7 @@ def status(environment: Environment) -> dict[str, Any]:
     path = report_path(environment)
     return {
         "state": runner.state if runner is not None else None,
+        "generator_lag": outcome.recent_lag(environment),
         "phase": _phase(environment),
         "users": runner.user_count if runner is not None else 0,
         "sessions": sessions,
@@ -116,6 +119,7 @@ def rows(state: dict[str, Any]) -> list[dict[str, Any]]:
         phase_text = phase["state"]
     table = [
         ("run", "state", state["state"]),
+        ("run", "generator lag", f"{state['generator_lag']:.2f} s (its event loop's largest delay, last 3 s)"),
         ("phase", "phase", phase_text),
         ("phase", "planned users", "" if phase["planned_users"] is None else phase["planned_users"]),
         ("phase", "users running", state["users"]),
