@@ -164,6 +164,11 @@ def generator_lag(environment: Environment) -> float:
     return lag(environment).take_max()
 
 
+def _live_workers(runner: MasterRunner) -> set[str]:
+    """The client ids of the workers that still answer the master."""
+    return {c.id for c in runner.clients.values() if c.state != STATE_MISSING}
+
+
 def recent_lag(environment: Environment) -> float:
     """The largest delay of the generator's event loop over about the last 3 s: on a master, of any live worker
     in its last report."""
@@ -172,7 +177,7 @@ def recent_lag(environment: Environment) -> float:
         run = _installed.get(environment)
         if run is None:
             return 0.0
-        live = {c.id for c in runner.clients.values() if c.state != STATE_MISSING}
+        live = _live_workers(runner)
         return max((v for client_id, v in run.worker_recent_lag.items() if client_id in live), default=0.0)
     return lag(environment).recent()
 
@@ -260,7 +265,7 @@ def install(environment: Environment, tally: Tally = TALLY, deviations: Deviatio
         gevent.spawn(_watch_workers, runner, run)
 
         def connected() -> int:
-            live = {c.id for c in runner.clients.values() if c.state != STATE_MISSING}
+            live = _live_workers(runner)
             return sum(n for client_id, n in run.worker_connected.items() if client_id in live)
 
         phases.connected_sessions = connected
