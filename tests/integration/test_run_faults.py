@@ -83,8 +83,12 @@ def test_a_generator_that_falls_behind_says_so(lab, tmp_path: Path) -> None:
     # Each viewer was stopped past at least one message's time (2.5 s against an interval of 1 s).
     assert truth["skipped"] == deviations["messages_late"]["count"] >= VIEWERS, truth
     assert "the generator ran behind, not the server" in deviations["messages_late"]["message"]
-    behind = re.search(r"first by (\d+\.\d) s in phase 'batch1-talk'", deviations["generator_behind"]["message"])
-    assert behind and 2.0 <= float(behind[1]) <= 3.0, deviations
+    assert re.fullmatch(r"the load generator ran behind its schedule \(first by \d+\.\d s in phase '[\w-]+'\): .+",
+                        deviations["generator_behind"]["message"]), deviations  # fmt: skip
+    # The stop, in the samples of the phase it fell in: at least 2 of its 2.5 s. (Not which delay came first, nor
+    # how far past the stop it went: on a busy machine both are the machine's.)
+    lags = [float(r["generator_lag_s"]) for r in result.rows("timeline") if r["phase"] == "batch1-talk"]
+    assert max(lags) >= 2.0, lags
     assert run.output.count("Run differs from the plan: the load generator ran behind") == 1
     assert truth["sent"] + truth["skipped"] == VIEWERS * talk + 10, truth
     assert truth["confirmed"] == truth["sent"] == result.count("message"), truth
